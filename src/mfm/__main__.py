@@ -1,0 +1,3 @@
+from mfm.cli import main
+
+main()

@@ -1,0 +1,413 @@
+"""Configuration of a Multimodal Factorization Model run.
+
+Three dataclasses, kept apart from the modelling code (as Hugging Face keeps its
+configurations apart from its models):
+
+* :class:`ModelConfig`: sizes and dropouts of the encoders, the Memory Fusion Network,
+  the factor MLPs, the decoders and the prediction head;
+* :class:`LossConfig`: the weights of the objective's terms and the MMD settings;
+* :class:`TrainConfig`: optimisation and stopping.
+
+:class:`MFMConfig` bundles the three. Per-modality settings are looked up by modality
+name in ``modalities`` / ``recon_weights`` and fall back to ``default_modality`` /
+``default_recon_weight``, so a configuration works for any set of modality names.
+
+YAML round trip: :func:`load_config` / :func:`save_config`. Loading validates every key
+and type and raises :class:`ConfigError` with a one-line message naming the file, the key,
+what was expected and what was found.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin, get_type_hints
+
+import yaml
+
+OutputKind = Literal["auto", "regression", "classification"]
+RegressionLoss = Literal["l1", "mse"]
+MMDKernel = Literal["seed", "imq", "rbf"]
+MMDEstimator = Literal["biased", "unbiased"]
+Alignment = Literal["auto", "aligned", "resample"]
+CellKind = Literal["lstm", "lsthm"]
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or of the wrong type or range."""
+
+
+@dataclass
+class ModalityConfig:
+    """Sizes for one modality.
+
+    Attributes:
+        hidden: hidden size of this modality's recurrent cell in the MFN and of its
+            private LSTM encoder.
+        z: size of the modality-specific generative factor Z_a,m.
+        f: size of F_m = G_m(Z_a,m).
+        dropout: dropout inside G_m (Z_a,m -> F_m).
+        decoder_hidden: hidden size of the LSTM decoder that rebuilds this modality;
+            ``None`` means the same as ``hidden``.
+    """
+
+    hidden: int = 32
+    z: int = 16
+    f: int = 16
+    dropout: float = 0.2
+    decoder_hidden: int | None = None
+
+
+@dataclass
+class OutputConfig:
+    """The prediction head on F_y.
+
+    Attributes:
+        kind: ``regression`` (one real value per sample), ``classification``, or ``auto``:
+            take the task of the data (the saved, resolved configuration names it).
+        size: number of classes for classification (>= 2); 1 for regression; ignored by
+            ``auto``, which takes it from the data.
+        loss: regression loss, ``l1`` (the paper's choice for sentiment) or ``mse``;
+            classification always uses cross-entropy.
+        hidden: width of the head's hidden layer; ``None`` means ``fy``.
+        dropout: dropout inside the head (F_y -> Y).
+    """
+
+    kind: OutputKind = "auto"
+    size: int = 1
+    loss: RegressionLoss = "l1"
+    hidden: int | None = None
+    dropout: float = 0.0
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the MFM.
+
+    Attributes:
+        modalities: per-modality sizes by name; modalities not named here use
+            ``default_modality``.
+        default_modality: sizes of any modality without its own entry.
+        zy: size of the multimodal discriminative factor Z_y.
+        fy: size of F_y = G_y(Z_y).
+        fy_dropout: dropout inside G_y.
+        memory: size of the MFN's multi-view gated memory.
+        attention_hidden: width of the MFN's Delta-memory attention MLPs.
+        attention_dropout: dropout in those MLPs.
+        gate_hidden: width of the MFN's two memory-gate MLPs.
+        gate_dropout: dropout in those MLPs.
+        cell: ``lstm`` (the public MFN code: plain LSTM cells) or ``lsthm`` (the MFN
+            paper: each cell's gates also read the previous memory).
+        alignment: how the MFN sees modalities. ``aligned``: step t of every modality is
+            read at MFN step t (all modalities must have the same padded length).
+            ``resample``: each sample's valid steps of every modality are averaged into
+            ``mfn_steps`` equal segments (see :mod:`mfm.model.mfn`). ``auto``: aligned
+            when the padded lengths agree, resample otherwise.
+        mfn_steps: the common length used by ``resample``.
+        output: the prediction head.
+    """
+
+    modalities: dict[str, ModalityConfig] = field(default_factory=dict)
+    default_modality: ModalityConfig = field(default_factory=ModalityConfig)
+    zy: int = 16
+    fy: int = 16
+    fy_dropout: float = 0.0
+    memory: int = 32
+    attention_hidden: int = 64
+    attention_dropout: float = 0.2
+    gate_hidden: int = 64
+    gate_dropout: float = 0.2
+    cell: CellKind = "lstm"
+    alignment: Alignment = "auto"
+    mfn_steps: int = 32
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def modality(self, name: str) -> ModalityConfig:
+        """Return the sizes of modality ``name`` (its own entry or the default)."""
+        return self.modalities.get(name, self.default_modality)
+
+
+@dataclass
+class LossConfig:
+    """Weights of the objective's terms.
+
+    ``L = pred + sum_m lambda_m * recon_m + lambda_mmd * sum_z MMD(z)``.
+
+    Attributes:
+        recon_weights: lambda_m per modality name.
+        default_recon_weight: lambda_m of modalities without an entry.
+        lambda_mmd: weight of the summed MMD terms (one per factor).
+        mmd_kernel: ``seed`` (exp(-mean squared difference / d), the reference code's
+            kernel), ``imq`` (multi-scale inverse multiquadratic) or ``rbf``.
+        mmd_estimator: ``biased`` (the reference code's) or ``unbiased``.
+    """
+
+    recon_weights: dict[str, float] = field(default_factory=dict)
+    default_recon_weight: float = 1.0
+    lambda_mmd: float = 1.0
+    mmd_kernel: MMDKernel = "seed"
+    mmd_estimator: MMDEstimator = "biased"
+
+    def recon_weight(self, name: str) -> float:
+        """Return lambda_m of modality ``name``."""
+        return self.recon_weights.get(name, self.default_recon_weight)
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and stopping.
+
+    Attributes:
+        batch_size: samples per batch.
+        learning_rate: Adam's learning rate (really applied).
+        weight_decay: Adam's L2 weight decay.
+        max_epochs: upper bound on training epochs.
+        patience: epochs without improvement of the validation loss before stopping.
+        lr_patience: epochs without improvement before ReduceLROnPlateau lowers the rate.
+        lr_factor: ReduceLROnPlateau's multiplicative factor.
+        monitor: validation quantity that selects the best checkpoint, drives early
+            stopping and ReduceLROnPlateau: ``pred`` (the prediction loss) or ``loss``
+            (the whole objective, whose MMD terms use random prior draws).
+        seed: seed of every random number generator used in the run.
+        num_workers: DataLoader worker processes.
+        gradient_clip: clip the gradient norm to this value; ``None`` disables clipping.
+    """
+
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+    max_epochs: int = 20
+    patience: int = 8
+    lr_patience: int = 4
+    lr_factor: float = 0.5
+    monitor: Literal["pred", "loss"] = "pred"
+    seed: int = 0
+    num_workers: int = 0
+    gradient_clip: float | None = None
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    Attributes:
+        spec: a data spec (see :func:`mfm.data.load`), e.g. ``synthetic`` or
+            ``synthetic:modalities=2,task=classification``.
+    """
+
+    spec: str = "synthetic"
+
+
+@dataclass
+class MFMConfig:
+    """A whole run: data, model, loss and training settings."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as plain dicts, lists and scalars."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> MFMConfig:
+        """Build and validate a configuration from plain data.
+
+        Args:
+            data: nested dicts as written in YAML; missing keys take their defaults.
+            source: name used in error messages (usually the file path).
+
+        Raises:
+            ConfigError: on an unknown key, a wrong type or an out-of-range value.
+        """
+        config = _build(cls, data, source, "")
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "config") -> None:
+        """Check value ranges; raise :class:`ConfigError` naming the key on failure."""
+        checks: list[tuple[str, bool, str]] = []
+        m = self.model
+        for name, mod in [("default_modality", m.default_modality)] + [
+            (f"modalities.{k}", v) for k, v in m.modalities.items()
+        ]:
+            for attr in ("hidden", "z", "f"):
+                checks.append((f"model.{name}.{attr}", getattr(mod, attr) >= 1, ">= 1"))
+            checks.append(
+                (f"model.{name}.decoder_hidden",
+                 mod.decoder_hidden is None or mod.decoder_hidden >= 1, ">= 1 or null")
+            )
+            checks.append((f"model.{name}.dropout", 0.0 <= mod.dropout < 1.0, "in [0, 1)"))
+        for attr in ("zy", "fy", "memory", "attention_hidden", "gate_hidden", "mfn_steps"):
+            checks.append((f"model.{attr}", getattr(m, attr) >= 1, ">= 1"))
+        for attr in ("fy_dropout", "attention_dropout", "gate_dropout"):
+            checks.append((f"model.{attr}", 0.0 <= getattr(m, attr) < 1.0, "in [0, 1)"))
+        out = m.output
+        if out.kind == "classification":
+            checks.append(("model.output.size", out.size >= 2, ">= 2 classes for classification"))
+        elif out.kind == "regression":
+            checks.append(("model.output.size", out.size == 1, "1 for regression"))
+        checks.append(("model.output.dropout", 0.0 <= out.dropout < 1.0, "in [0, 1)"))
+        checks.append(
+            ("model.output.hidden", out.hidden is None or out.hidden >= 1, ">= 1 or null")
+        )
+        lo = self.loss
+        checks.append(("loss.lambda_mmd", lo.lambda_mmd >= 0, ">= 0"))
+        checks.append(("loss.default_recon_weight", lo.default_recon_weight >= 0, ">= 0"))
+        for k, v in lo.recon_weights.items():
+            checks.append((f"loss.recon_weights.{k}", v >= 0, ">= 0"))
+        t = self.train
+        for attr in ("batch_size", "max_epochs"):
+            checks.append((f"train.{attr}", getattr(t, attr) >= 1, ">= 1"))
+        checks.append(("train.learning_rate", t.learning_rate > 0, "> 0"))
+        checks.append(("train.weight_decay", t.weight_decay >= 0, ">= 0"))
+        checks.append(("train.patience", t.patience >= 1, ">= 1"))
+        checks.append(("train.lr_patience", t.lr_patience >= 0, ">= 0"))
+        checks.append(("train.lr_factor", 0.0 < t.lr_factor < 1.0, "in (0, 1)"))
+        checks.append(("train.num_workers", t.num_workers >= 0, ">= 0"))
+        checks.append(
+            ("train.gradient_clip", t.gradient_clip is None or t.gradient_clip > 0, "> 0 or null")
+        )
+        for key, ok, expected in checks:
+            if not ok:
+                found = _lookup(self, key)
+                raise ConfigError(f"{source}: {key}: expected {expected}, found {found!r}")
+
+
+def _lookup(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = obj[part] if isinstance(obj, dict) else getattr(obj, part)
+    return obj
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"
+
+
+def _build(tp: Any, value: Any, source: str, key: str) -> Any:
+    """Convert ``value`` to type ``tp`` recursively, raising ConfigError on mismatch."""
+    where = f"{source}: {key or '<top level>'}"
+    if dataclasses.is_dataclass(tp):
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {_describe(value)}")
+        hints = get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            path = f"{key}.{unknown[0]}" if key else str(unknown[0])
+            raise ConfigError(
+                f"{source}: {path}: unknown key (expected one of: {', '.join(sorted(names))})"
+            )
+        kwargs = {
+            k: _build(hints[k], v, source, f"{key}.{k}" if key else k) for k, v in value.items()
+        }
+        return tp(**kwargs)
+    origin = get_origin(tp)
+    args = get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        non_none = [a for a in args if a is not type(None)]
+        return _build(non_none[0], value, source, key)
+    if origin is Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{where}: expected one of {choices}, found {_describe(value)}")
+        return value
+    if origin is dict:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, found {_describe(value)}")
+        key_type, value_type = args
+        return {
+            _build(key_type, k, source, f"{key}.{k}"): _build(value_type, v, source, f"{key}.{k}")
+            for k, v in value.items()
+        }
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, found {_describe(value)}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, found {_describe(value)}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, found {_describe(value)}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, found {_describe(value)}")
+        return value
+    raise TypeError(f"unsupported configuration type {tp!r} at {key}")  # pragma: no cover
+
+
+def load_config(path: str | Path) -> MFMConfig:
+    """Read and validate a YAML configuration file.
+
+    Raises:
+        ConfigError: the file is missing, is not YAML, or holds an invalid value.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the configuration ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{line}") from exc
+    return MFMConfig.from_dict(data or {}, source=str(path))
+
+
+def save_config(config: MFMConfig, path: str | Path) -> None:
+    """Write ``config`` as YAML; :func:`load_config` reads it back to an equal config."""
+    Path(path).write_text(
+        yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=False),
+        encoding="utf-8",
+    )
+
+
+def with_overrides(config: MFMConfig, data_spec: str | None = None,
+                   **train_overrides: Any) -> MFMConfig:
+    """Return a copy of ``config`` with the data spec and :class:`TrainConfig` fields replaced.
+
+    ``None`` values are ignored, so command-line options that were not given leave the
+    configuration as it is.
+    """
+    changes = {k: v for k, v in train_overrides.items() if v is not None}
+    updated = dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+    if data_spec is not None:
+        updated = dataclasses.replace(updated, data=DataConfig(spec=data_spec))
+    updated.validate("command line")
+    return updated
+
+
+def resolve_output(config: MFMConfig, kind: str, num_classes: int) -> MFMConfig:
+    """Fit the prediction head to the data's task.
+
+    ``auto`` takes the data's kind and class count; an explicit kind must agree with it.
+
+    Raises:
+        ConfigError: the configuration asks for another task than the data has.
+    """
+    out = config.model.output
+    size = num_classes if kind == "classification" else 1
+    if out.kind == "auto":
+        out = dataclasses.replace(out, kind=kind, size=size)  # type: ignore[arg-type]
+    elif out.kind != kind or out.size != size:
+        raise ConfigError(
+            f"config: model.output: the data is {kind} with {size} output(s), but the "
+            f"configuration asks for {out.kind} with {out.size}; set kind: auto"
+        )
+    return dataclasses.replace(config, model=dataclasses.replace(config.model, output=out))

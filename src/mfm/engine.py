@@ -1,0 +1,111 @@
+"""The Lightning module: the MFM, its objective, optimisation and epoch-level metrics.
+
+The science lives here; devices, checkpoints, early stopping, progress and logging are
+the Trainer's (see :mod:`mfm.run`). Every term of the objective is logged separately
+per epoch under ``train/``, ``valid/`` and ``test/``; the metrics of
+:mod:`mfm.metrics` are logged under ``valid/`` and ``test/`` after each pass over the
+whole split.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from mfm.config import MFMConfig
+from mfm.data.batch import Batch
+from mfm.losses.objective import objective_terms
+from mfm.metrics import MFMMetrics
+from mfm.model.mfm import MFM, MFMOutput
+
+
+class MFMModule(L.LightningModule):
+    """Trains and evaluates an :class:`~mfm.model.MFM`.
+
+    Args:
+        config: the resolved run configuration as plain data (``MFMConfig.to_dict()``);
+            plain data keeps checkpoints loadable with ``weights_only=True``.
+        input_sizes: modality name -> features per step.
+    """
+
+    def __init__(self, config: dict[str, Any], input_sizes: dict[str, int]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = MFMConfig.from_dict(config, source="checkpoint configuration")
+        self.model = MFM(self.config.model, input_sizes)
+        out = self.config.model.output
+        num_classes = out.size if out.kind == "classification" else None
+        self.metrics = nn.ModuleDict(
+            {stage: MFMMetrics(out.kind, num_classes) for stage in ("valid", "test")}
+        )
+
+    def forward(self, batch: Batch) -> MFMOutput:
+        """Run the model on a batch."""
+        return self.model(batch.inputs, batch.lengths)
+
+    def _shared_step(self, batch: Batch, stage: str) -> tuple[MFMOutput, dict[str, Tensor]]:
+        if batch.target is None:
+            raise ValueError(f"{stage} data has no labels")
+        output = self(batch)
+        terms = objective_terms(
+            output, batch.inputs, batch.lengths, batch.target,
+            self.config.loss, self.config.model.output,
+        )
+        self.log_dict(
+            {f"{stage}/{name}": value.detach() for name, value in terms.items()},
+            on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True,
+            prog_bar=False,
+        )
+        return output, terms
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        _, terms = self._shared_step(batch, "train")
+        return terms["loss"]
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        output, _ = self._shared_step(batch, "valid")
+        self.metrics["valid"].update(output.prediction.detach(), batch.target)
+
+    def test_step(self, batch: Batch, batch_idx: int) -> None:
+        output, _ = self._shared_step(batch, "test")
+        self.metrics["test"].update(output.prediction.detach(), batch.target)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        """Return ``(B,)`` predictions (regression) or ``(B, C)`` class probabilities."""
+        prediction = self(batch).prediction
+        if self.config.model.output.kind == "classification":
+            return torch.softmax(prediction, dim=-1)
+        return prediction
+
+    def _log_metrics(self, stage: str) -> None:
+        metric = self.metrics[stage]
+        values = metric.compute()
+        metric.reset()
+        self.log_dict({f"{stage}/{k}": v for k, v in values.items()}, prog_bar=False)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("valid")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam at the configured learning rate and ReduceLROnPlateau on the monitor."""
+        train = self.config.train
+        optimizer = torch.optim.Adam(
+            self.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode="min", factor=train.lr_factor, patience=train.lr_patience
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {
+                "scheduler": scheduler,
+                "monitor": f"valid/{train.monitor}",
+                "interval": "epoch",
+            },
+        }

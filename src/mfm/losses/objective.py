@@ -1,0 +1,93 @@
+"""The MFM objective (Wasserstein-autoencoder form), term by term.
+
+    L = pred(Y, Y^) + sum_m lambda_m * recon_m(X_m, X^_m) + lambda_mmd * sum_z MMD(q(z), N(0, I))
+
+* ``pred``: L1 (default) or MSE for regression, cross-entropy for classification;
+* ``recon_m``: mean squared error over the valid steps of modality ``m`` only;
+* one MMD term per factor: ``Z_y`` and every ``Z_a,m``.
+
+:func:`objective_terms` returns every raw term and the weighted total, so each can be
+logged on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mfm.config import LossConfig, OutputConfig
+from mfm.data.batch import step_mask
+from mfm.losses.mmd import mmd
+from mfm.model.mfm import MFMOutput
+
+
+def masked_mse(x_hat: Tensor, x: Tensor, lengths: Tensor) -> Tensor:
+    """Mean squared error over valid steps.
+
+    Args:
+        x_hat: ``(B, T, d)`` reconstruction.
+        x: ``(B, T, d)`` right-padded target.
+        lengths: ``(B,)`` valid lengths.
+
+    Returns:
+        0-d tensor: squared error summed over valid steps and features, divided by their
+        count (0 when no step is valid).
+    """
+    weights = step_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
+    count = weights.sum() * x.shape[-1]
+    return ((x_hat - x) ** 2 * weights).sum() / count.clamp(min=1.0)
+
+
+def prediction_loss(prediction: Tensor, target: Tensor, output: OutputConfig) -> Tensor:
+    """Loss of the head.
+
+    Args:
+        prediction: ``(B,)`` values or ``(B, C)`` logits.
+        target: ``(B,)`` floats or class indices.
+        output: which loss (kind, l1/mse).
+    """
+    if output.kind == "classification":
+        return F.cross_entropy(prediction, target.long())
+    target = target.to(prediction.dtype).view_as(prediction)
+    if output.loss == "mse":
+        return F.mse_loss(prediction, target)
+    return F.l1_loss(prediction, target)
+
+
+def objective_terms(
+    output: MFMOutput,
+    inputs: dict[str, Tensor],
+    lengths: dict[str, Tensor],
+    target: Tensor,
+    loss: LossConfig,
+    head: OutputConfig,
+) -> dict[str, Tensor]:
+    """Compute every term of the objective and the weighted total.
+
+    Args:
+        output: the model's forward output.
+        inputs: modality -> ``(B, T_m, d_m)`` the features that were encoded.
+        lengths: modality -> ``(B,)`` valid lengths.
+        target: ``(B,)`` labels.
+        loss: weights and MMD settings.
+        head: the prediction head's settings.
+
+    Returns:
+        Ordered dict of 0-d tensors: ``loss`` (weighted total), ``pred``,
+        ``recon_<m>`` per modality, ``mmd_zy`` and ``mmd_za_<m>`` per modality (raw, unweighted).
+    """
+    terms: dict[str, Tensor] = {"pred": prediction_loss(output.prediction, target, head)}
+    total = terms["pred"]
+    for name, x_hat in output.reconstructions.items():
+        term = masked_mse(x_hat, inputs[name], lengths[name])
+        terms[f"recon_{name}"] = term
+        total = total + loss.recon_weight(name) * term
+    factors = {"zy": output.z_y, **{f"za_{n}": z for n, z in output.z.items()}}
+    mmd_sum = torch.zeros((), dtype=total.dtype, device=total.device)
+    for name, z in factors.items():
+        term = mmd(z, kernel=loss.mmd_kernel, estimator=loss.mmd_estimator)
+        terms[f"mmd_{name}"] = term
+        mmd_sum = mmd_sum + term
+    total = total + loss.lambda_mmd * mmd_sum
+    return {"loss": total, **terms}

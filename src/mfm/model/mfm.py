@@ -1,0 +1,197 @@
+"""The Multimodal Factorization Model (Tsai et al., ICLR 2019) for any set of modalities.
+
+Inference (encoders)::
+
+    Z_y    = W [MFN(X_1 .. X_M)]        multimodal discriminative factor
+    Z_a,m  = Enc_m(X_m)                 modality-specific generative factor, m = 1..M
+
+Generation::
+
+    F_y = G_y(Z_y),  F_m = G_m(Z_a,m)
+    X^_m = Dec_m([F_y, F_m])            every modality rebuilt from its factors
+    Y^   = D(F_y)                       the label from the discriminative factor alone
+
+Inputs are right-padded (see :mod:`mfm.data.batch`) with per-sample lengths per
+modality; the model never reads a padded step. The objective lives in
+:mod:`mfm.losses.objective`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from mfm.config import ModelConfig
+from mfm.model.decoders import SequenceDecoder
+from mfm.model.encoders import MLP, SequenceEncoder
+from mfm.model.mfn import MemoryFusionNetwork, aligned_view
+
+
+@dataclass
+class MFMOutput:
+    """Everything one forward pass produces.
+
+    Attributes:
+        prediction: ``(B,)`` regression values or ``(B, C)`` class logits.
+        reconstructions: modality -> ``(B, T_m, d_m)`` rebuilt sequence (padded steps
+            hold values too; losses ignore them).
+        z_y: ``(B, zy)`` multimodal discriminative factor.
+        z: modality -> ``(B, z_m)`` modality-specific factor.
+        f_y: ``(B, fy)``.
+        f: modality -> ``(B, f_m)``.
+    """
+
+    prediction: Tensor
+    reconstructions: dict[str, Tensor]
+    z_y: Tensor
+    z: dict[str, Tensor]
+    f_y: Tensor
+    f: dict[str, Tensor]
+
+
+def check_modality_names(names: list[str]) -> None:
+    """Refuse names that cannot key a module (empty or containing a dot)."""
+    if not names:
+        raise ValueError("an MFM needs at least one modality")
+    for name in names:
+        if not name or "." in name:
+            raise ValueError(f"invalid modality name {name!r}: non-empty, without '.'")
+
+
+class MFM(nn.Module):
+    """Multimodal Factorization Model.
+
+    Args:
+        config: architecture (:class:`mfm.config.ModelConfig`).
+        input_sizes: modality name -> features per step ``d_m``; the order fixes the
+            modality order everywhere (MFN state layout, logging).
+    """
+
+    def __init__(self, config: ModelConfig, input_sizes: Mapping[str, int]) -> None:
+        super().__init__()
+        if config.output.kind == "auto":
+            raise ValueError(
+                "model.output.kind is 'auto': resolve it from the data first "
+                "(mfm.config.resolve_output)"
+            )
+        self.config = config
+        self.names = list(input_sizes)
+        check_modality_names(self.names)
+        self.input_sizes = {k: int(v) for k, v in input_sizes.items()}
+        mods = {name: config.modality(name) for name in self.names}
+        self.encoders = nn.ModuleDict(
+            {n: SequenceEncoder(self.input_sizes[n], mods[n].hidden, mods[n].z) for n in mods}
+        )
+        self.mfn = MemoryFusionNetwork(
+            input_sizes=[self.input_sizes[n] for n in self.names],
+            hidden_sizes=[mods[n].hidden for n in self.names],
+            memory=config.memory,
+            attention_hidden=config.attention_hidden,
+            attention_dropout=config.attention_dropout,
+            gate_hidden=config.gate_hidden,
+            gate_dropout=config.gate_dropout,
+            cell=config.cell,
+        )
+        self.to_zy = nn.Linear(self.mfn.output_size, config.zy)
+        self.g_y = MLP(config.zy, config.fy, config.fy, config.fy_dropout)
+        self.g = nn.ModuleDict({n: MLP(m.z, m.f, m.f, m.dropout) for n, m in mods.items()})
+        self.decoders = nn.ModuleDict(
+            {
+                n: SequenceDecoder(config.fy + m.f, m.decoder_hidden or m.hidden,
+                                   self.input_sizes[n])
+                for n, m in mods.items()
+            }
+        )
+        out = config.output
+        self.head = MLP(config.fy, out.hidden or config.fy, out.size, out.dropout)
+
+    def _lengths(self, inputs: Mapping[str, Tensor],
+                 lengths: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
+        result = {}
+        for name in self.names:
+            x = inputs[name]
+            n = None if lengths is None else lengths.get(name)
+            if n is None:
+                n = torch.full((x.shape[0],), x.shape[1], dtype=torch.long, device=x.device)
+            result[name] = n
+        return result
+
+    def check_inputs(self, inputs: Mapping[str, Tensor]) -> None:
+        """Raise ValueError naming the modality when an input is missing or misshapen."""
+        for name in self.names:
+            if name not in inputs:
+                raise ValueError(
+                    f"missing modality {name!r}; the model expects {self.names}, got "
+                    f"{list(inputs)}"
+                )
+            x = inputs[name]
+            if x.dim() != 3 or x.shape[2] != self.input_sizes[name]:
+                raise ValueError(
+                    f"modality {name!r}: expected a (batch, steps, {self.input_sizes[name]}) "
+                    f"tensor, got shape {tuple(x.shape)}"
+                )
+
+    def encode(
+        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Infer the factors.
+
+        Args:
+            inputs: modality -> ``(B, T_m, d_m)`` right-padded features.
+            lengths: modality -> ``(B,)`` valid lengths; omitted means full length.
+
+        Returns:
+            ``Z_y`` of shape ``(B, zy)`` and modality -> ``Z_a,m`` of shape ``(B, z_m)``.
+        """
+        self.check_inputs(inputs)
+        lengths = self._lengths(inputs, lengths)
+        z = {n: self.encoders[n](inputs[n], lengths[n]) for n in self.names}
+        views, mask = aligned_view(
+            [inputs[n] for n in self.names],
+            [lengths[n] for n in self.names],
+            self.config.alignment,
+            self.config.mfn_steps,
+        )
+        z_y = self.to_zy(self.mfn(views, mask))
+        return z_y, z
+
+    def decode(self, z_y: Tensor, z: Mapping[str, Tensor],
+               steps: Mapping[str, int]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor],
+                                                  Tensor]:
+        """Generate from factors.
+
+        Args:
+            z_y: ``(B, zy)``.
+            z: modality -> ``(B, z_m)``.
+            steps: modality -> number of steps ``T_m`` to generate.
+
+        Returns:
+            ``(prediction, reconstructions, f, f_y)`` with the shapes of :class:`MFMOutput`.
+        """
+        f_y = self.g_y(z_y)
+        f = {n: self.g[n](z[n]) for n in self.names}
+        recon = {
+            n: self.decoders[n](torch.cat([f_y, f[n]], dim=1), steps[n]) for n in self.names
+        }
+        prediction = self.head(f_y)
+        if self.config.output.kind == "regression":
+            prediction = prediction.squeeze(-1)
+        return prediction, recon, f, f_y
+
+    def forward(
+        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
+    ) -> MFMOutput:
+        """Encode, generate and predict.
+
+        Args:
+            inputs: modality -> ``(B, T_m, d_m)`` right-padded features.
+            lengths: modality -> ``(B,)`` valid lengths; omitted means full length.
+        """
+        z_y, z = self.encode(inputs, lengths)
+        steps = {n: int(inputs[n].shape[1]) for n in self.names}
+        prediction, recon, f, f_y = self.decode(z_y, z, steps)
+        return MFMOutput(prediction=prediction, reconstructions=recon, z_y=z_y, z=z, f_y=f_y,
+                         f=f)
