@@ -52,7 +52,7 @@ def test_synthetic_ragged_padding_is_zero() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("nothing", "unknown source 'nothing'"),
+        ("nothing", "nothing: no such file or folder"),
         ("synthetic:modalities", "not of the form key=value"),
         ("synthetic:colour=red", "unknown option 'colour'"),
         ("synthetic:modalities=two", "modalities: expected an integer"),

@@ -296,3 +296,16 @@ def test_mfm_metrics_compute_empty_raises() -> None:
         warnings.simplefilter("ignore")
         with pytest.raises(RuntimeError, match="no accumulated samples"):
             metric.compute()
+
+
+def test_repeated_indices_count_once() -> None:
+    """A distributed sampler repeats samples to even out shards; metrics must not."""
+    preds = torch.tensor([1.0, -1.0, 2.0, 0.5])
+    target = torch.tensor([1.0, -2.0, 1.5, -0.5])
+    once = MFMMetrics("regression")
+    once.update(preds, target, torch.arange(4))
+    padded = MFMMetrics("regression")
+    padded.update(preds[:3], target[:3], torch.tensor([0, 1, 2]))
+    padded.update(torch.tensor([0.5, 1.0]), torch.tensor([-0.5, 1.0]), torch.tensor([3, 0]))
+    a, b = once.compute(), padded.compute()
+    assert all(torch.equal(a[k], b[k]) for k in a)

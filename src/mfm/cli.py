@@ -34,11 +34,68 @@ app = typer.Typer(
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
+# Data options shared by fit, evaluate and data inspect.
+DataOpt = Annotated[
+    str | None,
+    typer.Option("--data", help="Data: a path (MMSA or MultiBench .pkl, MFN h5 folder, generic "
+                 ".npz file or folder) or `synthetic[:key=value,...]`. Overrides the config."),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option("--format", help="Data format when detection from the path is not wanted: "
+                 "synthetic, npz, mfn, mmsa, multibench."),
+]
+ModalitiesOpt = Annotated[
+    str | None, typer.Option(help="Comma-separated modalities to use, e.g. `audio,video`.")
+]
+LabelOpt = Annotated[
+    str | None,
+    typer.Option(help="How to read labels: auto, regression, classes, onehot."),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(help="Binarise a label scale: label >= THRESHOLD is class 1 (ICT-MMMO: 3.5)."),
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(help="Another named target (e.g. `regression_labels_T`) or a label column."),
+]
+TextFeatureOpt = Annotated[
+    str | None, typer.Option(help="MMSA pickles: the key that feeds `text` (e.g. text_bert).")
+]
+NonfiniteOpt = Annotated[
+    str | None,
+    typer.Option(help="NaN/inf features: `error` (refuse, with counts) or `zero` (replace, "
+                 "warn)."),
+]
+NormalizeOpt = Annotated[
+    bool | None,
+    typer.Option("--normalize/--no-normalize",
+                 help="Z-score features with training-split statistics (default on)."),
+]
 
-def _fail(message: str) -> typer.Exit:
+
+def data_options(
+    fmt: str | None = None, modalities: str | None = None, label: str | None = None,
+    threshold: float | None = None, target: str | None = None,
+    text_feature: str | None = None, nonfinite: str | None = None,
+    normalize: bool | None = None,
+) -> dict[str, object]:
+    """The DataConfig fields given on the command line (None = keep the config's)."""
+    return {
+        "format": fmt,
+        "modalities": [m.strip() for m in modalities.split(",") if m.strip()]
+        if modalities else None,
+        "label": label, "threshold": threshold, "target": target,
+        "text_feature": text_feature, "nonfinite": nonfinite, "normalize": normalize,
+    }
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    """Print one ``error:`` line on stderr; exit 2 (bad input) or ``code``."""
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"error: {message}",
                                                                  markup=False)
-    return typer.Exit(code=2)
+    return typer.Exit(code=code)
 
 
 def resolve_config_path(value: str) -> Path:
@@ -90,11 +147,15 @@ def fit(
         typer.Option(help="YAML configuration file, or a preset name: mosi-original, "
                      "mosi-mmsa. Default: generic settings for any modalities."),
     ] = None,
-    data: Annotated[
-        str | None,
-        typer.Option(help="Data spec, e.g. `synthetic` or "
-                     "`synthetic:modalities=2,task=classification`. Overrides the config."),
-    ] = None,
+    data: DataOpt = None,
+    fmt: FormatOpt = None,
+    modalities: ModalitiesOpt = None,
+    label: LabelOpt = None,
+    threshold: ThresholdOpt = None,
+    target: TargetOpt = None,
+    text_feature: TextFeatureOpt = None,
+    nonfinite: NonfiniteOpt = None,
+    normalize: NormalizeOpt = None,
     output: Annotated[
         Path | None,
         typer.Option(help="Directory for checkpoints, logs, config.yaml and metrics.json. "
@@ -107,50 +168,104 @@ def fit(
     overwrite: Annotated[
         bool, typer.Option(help="Allow an output directory that already holds a run.")
     ] = False,
+    gradient_clip: Annotated[
+        float | None, typer.Option(help="Clip the gradient norm to this value.")
+    ] = None,
+    resume: Annotated[
+        str | None,
+        typer.Option(help="Continue a killed or finished run: its folder, or `auto` (resume "
+                     "--output when it holds checkpoints/last.ckpt, else start it)."),
+    ] = None,
     accelerator: Annotated[str, typer.Option(help="cpu, gpu or auto.")] = "cpu",
-    devices: Annotated[int, typer.Option(help="Number of devices.")] = 1,
+    devices: Annotated[int, typer.Option(help="Devices (processes) per machine.")] = 1,
+    strategy: Annotated[
+        str, typer.Option(help="Lightning strategy: auto, ddp (one process per device).")
+    ] = "auto",
+    num_nodes: Annotated[int, typer.Option(help="Machines taking part (with ddp).")] = 1,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     verbose: Annotated[bool, typer.Option(help="Keep Lightning's own messages.")] = False,
 ) -> None:
     """Train an MFM, keep the best checkpoint, and report validation and test metrics.
 
     With no options it trains on the built-in synthetic data set (three modalities, a
-    regression label) in about a minute on two CPU cores.
+    regression label) in about a minute on two CPU cores. A run killed at any point
+    continues from its last epoch with `--resume DIR`.
     """
     from mfm.data import DataError
-    from mfm.run import RunError
+    from mfm.engine import NonFiniteLossError
+    from mfm.run import RunError, last_checkpoint
     from mfm.run import fit as run_fit
 
     try:
-        base = load_config(resolve_config_path(config)) if config else MFMConfig()
-        cfg = with_overrides(base, data_spec=data, max_epochs=max_epochs, seed=seed,
-                             batch_size=batch_size, learning_rate=learning_rate)
+        resuming = False
+        if resume is not None and resume != "auto":
+            if config or data or output:
+                raise ConfigError("--resume continues a run with its own config.yaml and "
+                                  "folder; do not combine it with --config, --data or --output")
+            output = Path(resume)
+            resuming = True
+        elif resume == "auto":
+            if output is None:
+                raise ConfigError("--resume auto needs --output (the folder to resume or start)")
+            resuming = last_checkpoint(output) is not None
+        if resuming:
+            assert output is not None
+            base = load_config(output / "config.yaml")
+        else:
+            base = load_config(resolve_config_path(config)) if config else MFMConfig()
+        options = data_options(fmt, modalities, label, threshold, target, text_feature,
+                               nonfinite, normalize)
+        cfg = with_overrides(base, data_spec=data, data=options, max_epochs=max_epochs,
+                             seed=seed, batch_size=batch_size, learning_rate=learning_rate,
+                             gradient_clip=gradient_clip)
         out = output or Path("runs") / datetime.now().strftime("fit-%Y%m%d-%H%M%S")
-        result = run_fit(cfg, out, overwrite=overwrite, progress=progress,
-                         accelerator=accelerator, devices=devices, verbose=verbose)
+        result = run_fit(cfg, out, overwrite=overwrite, resume=resuming, progress=progress,
+                         accelerator=accelerator, devices=devices, strategy=strategy,
+                         num_nodes=num_nodes, verbose=verbose)
     except (ConfigError, DataError, RunError) as exc:
         raise _fail(str(exc)) from None
+    except NonFiniteLossError as exc:
+        raise _fail(str(exc), code=3) from None
     console = Console()
     console.print(metrics_table(result.metrics, f"{cfg.data.spec}: best checkpoint"))
     console.print(f"run written to {result.output} (best: {result.best_checkpoint.name}, "
                   f"{result.epochs} epochs)")
 
 
+ModelOpt = Annotated[
+    Path | None, typer.Option(help="A model folder written by `mfm export`.")
+]
+CheckpointOpt = Annotated[
+    Path | None, typer.Option(help="A checkpoint written by `mfm fit` (.ckpt).")
+]
+
+
+def _trained(checkpoint: Path | None, model: Path | None) -> Path:
+    if (checkpoint is None) == (model is None):
+        raise ConfigError("give exactly one of --checkpoint CKPT or --model DIR")
+    return checkpoint if checkpoint is not None else model  # type: ignore[return-value]
+
+
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `mfm fit`.")],
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
     data: Annotated[
         str | None,
-        typer.Option(help="Data spec to score on. Default: the data the model was trained on."),
+        typer.Option(help="Data to score on (path or spec). Default: the data the model was "
+                     "trained on, read with the same options."),
     ] = None,
+    fmt: FormatOpt = None,
+    nonfinite: NonfiniteOpt = None,
     output: Annotated[
         Path | None,
         typer.Option(help="JSON file for the metrics. Default: <checkpoint>.metrics.json "
-                     "beside the checkpoint."),
+                     "beside the checkpoint, or metrics.json in the model folder."),
     ] = None,
     verbose: Annotated[bool, typer.Option(help="Keep Lightning's own messages.")] = False,
 ) -> None:
-    """Score a checkpoint on the validation and test splits; print and write the metrics.
+    """Score a checkpoint or an exported model on the validation and test splits; print and
+    write the metrics.
 
     The JSON has the layout of a run's metrics.json: test metrics flat, validation
     metrics under `valid/`.
@@ -160,13 +275,73 @@ def evaluate(
     from mfm.run import evaluate as run_evaluate
 
     try:
-        metrics = run_evaluate(checkpoint, data, verbose=verbose)
+        source = _trained(checkpoint, model)
+        options = data_options(fmt, nonfinite=nonfinite)
+        metrics = run_evaluate(source, data, data_options=options, verbose=verbose)
     except (ConfigError, DataError, RunError) as exc:
         raise _fail(str(exc)) from None
-    target = output or checkpoint.with_name(checkpoint.name + ".metrics.json")
+    if output is not None:
+        target = output
+    elif source.is_dir():
+        target = source / "metrics.json"
+    else:
+        target = source.with_name(source.name + ".metrics.json")
     write_metrics(metrics, target)
-    Console().print(metrics_table(metrics, str(checkpoint)))
+    Console().print(metrics_table(metrics, str(source)))
     Console().print(f"metrics written to {target}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="A checkpoint written by `mfm fit`.")],
+    out: Annotated[Path, typer.Option(help="Folder for model.safetensors, config.yaml, "
+                                      "model.json and normalization.json.")],
+) -> None:
+    """Export a checkpoint as a pickle-free model folder (safetensors weights, YAML config,
+    JSON normalisation statistics), loadable with `mfm.MFM.from_pretrained(DIR)`."""
+    from mfm.run import RunError
+    from mfm.run import export as run_export
+
+    try:
+        folder = run_export(checkpoint, out)
+    except RunError as exc:
+        raise _fail(str(exc)) from None
+    Console().print(f"model exported to {folder}")
+
+
+@app.command()
+def predict(
+    out: Annotated[Path, typer.Option(help="CSV file for the predictions.")],
+    model: ModelOpt = None,
+    checkpoint: CheckpointOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data to predict (path or spec). Default: the training data."),
+    ] = None,
+    fmt: FormatOpt = None,
+    nonfinite: NonfiniteOpt = None,
+    split: Annotated[
+        str, typer.Option(help="Which split(s): train, valid, test, or all.")
+    ] = "test",
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass.")] = 256,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Write per-sample predictions (with ids when the data has them) as CSV."""
+    from mfm.data import DataError
+    from mfm.run import RunError
+    from mfm.run import predict as run_predict
+
+    try:
+        source = _trained(checkpoint, model)
+        if split not in ("train", "valid", "test", "all"):
+            raise ConfigError(f"--split: expected train, valid, test or all, found {split!r}")
+        splits = ("train", "valid", "test") if split == "all" else (split,)
+        path = run_predict(source, out, data, splits=splits,
+                           data_options=data_options(fmt, nonfinite=nonfinite),
+                           batch_size=batch_size, progress=progress)
+    except (ConfigError, DataError, RunError) as exc:
+        raise _fail(str(exc)) from None
+    Console().print(f"predictions written to {path}")
 
 
 @app.command("config")
@@ -191,8 +366,102 @@ def show_config(
         sys.stdout.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
+data_app = typer.Typer(
+    help="Look at data before training, and build AV-MNIST from raw files.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    spec: Annotated[str, typer.Argument(help="A path or `synthetic[:key=value,...]`.")],
+    fmt: FormatOpt = None,
+    modalities: ModalitiesOpt = None,
+    label: LabelOpt = None,
+    threshold: ThresholdOpt = None,
+    target: TargetOpt = None,
+    text_feature: TextFeatureOpt = None,
+    nonfinite: NonfiniteOpt = "zero",
+) -> None:
+    """Show what the loader understood: splits, modalities, shapes, lengths, labels and
+    non-finite counts (counted before cleaning; shown with `--nonfinite zero`, the default
+    here)."""
+    from mfm.data import DataError, load
+
+    try:
+        cfg = with_overrides(MFMConfig(), data_spec=spec, data=data_options(
+            fmt, modalities, label, threshold, target, text_feature, nonfinite, False)).data
+        data = load(cfg)
+    except (ConfigError, DataError) as exc:
+        raise _fail(str(exc)) from None
+    console = Console()
+    info = data.info
+    table = Table(title=f"{spec}: {info.kind}"
+                  + (f", {info.num_classes} classes" if info.kind == "classification" else ""))
+    for column in ("split", "modality", "shape (N, T, d)", "present", "length min/mean/max",
+                   "NaN", "inf"):
+        table.add_column(column, justify="left" if column in ("split", "modality") else "right")
+    for split_name, split in data.splits.items():
+        for name, x in split.features.items():
+            n = split.lengths[name].double()
+            nan, inf = data.report.nonfinite.get((split_name, name), (0, 0))
+            table.add_row(split_name, name, str(tuple(x.shape)),
+                          f"{int((n > 0).sum())}/{len(n)}",
+                          f"{int(n.min())}/{float(n.mean()):.1f}/{int(n.max())}",
+                          str(nan), str(inf))
+    console.print(table)
+    labels = Table(title="labels")
+    labels.add_column("split")
+    if info.kind == "classification":
+        for k in range(info.num_classes):
+            labels.add_column(f"class {k}", justify="right")
+        for split_name, split in data.splits.items():
+            counts = split.target.bincount(minlength=info.num_classes).tolist()
+            labels.add_row(split_name, *[str(c) for c in counts])
+    else:
+        for column in ("mean", "std", "min", "max"):
+            labels.add_column(column, justify="right")
+        for split_name, split in data.splits.items():
+            y = split.target.double()
+            labels.add_row(split_name, f"{float(y.mean()):.3f}", f"{float(y.std()):.3f}",
+                           f"{float(y.min()):.3f}", f"{float(y.max()):.3f}")
+    console.print(labels)
+
+
+@data_app.command("build-avmnist")
+def data_build_avmnist(
+    fsdd: Annotated[Path, typer.Option(help="FSDD `recordings` folder of {digit}_{speaker}_"
+                                       "{index}.wav files.")],
+    mnist: Annotated[Path, typer.Option(help="Folder with t10k-images-idx3-ubyte.gz and "
+                                        "t10k-labels-idx1-ubyte.gz.")],
+    out: Annotated[Path, typer.Option(help="Output .npz file (the generic format).")],
+    seed: Annotated[int, typer.Option(help="Seed of the image pairing and the split.")] = 0,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Build AV-MNIST: each spoken digit (log-spectrogram) paired with an MNIST image of the
+    same digit; FSDD's split (takes 0-4 are test). Train on it with `mfm fit --data OUT`."""
+    from mfm.data import DataError
+    from mfm.data.avmnist import write_avmnist
+
+    try:
+        sizes = write_avmnist(fsdd, mnist, out, seed=seed, progress=progress)
+    except DataError as exc:
+        raise _fail(str(exc)) from None
+    Console().print(f"AV-MNIST written to {out}: " + ", ".join(f"{k} {v}" for k, v in
+                                                               sizes.items()))
+
+
+def _format_warning(message: Warning | str, category: type[Warning], *args: object,
+                    **kwargs: object) -> str:
+    return f"warning: {message}\n"
+
+
 def main() -> None:
     """Console-script entry point."""
+    import warnings
+
+    warnings.formatwarning = _format_warning  # type: ignore[assignment]
     app()
 
 

@@ -191,14 +191,38 @@ class TrainConfig:
 
 @dataclass
 class DataConfig:
-    """Where the data comes from.
+    """Where the data comes from and how it is read.
 
     Attributes:
-        spec: a data spec (see :func:`mfm.data.load`), e.g. ``synthetic`` or
-            ``synthetic:modalities=2,task=classification``.
+        spec: a path (MMSA or MultiBench pickle, MFN h5 folder, generic ``.npz`` file or
+            folder) or ``synthetic[:key=value,...]``; see :func:`mfm.data.load`.
+        format: ``auto`` (detected from the path) or one of ``synthetic``, ``npz``,
+            ``mfn``, ``mmsa``, ``multibench``.
+        modalities: the modalities to use, in order; empty means all in the data.
+        label: how to read labels: ``auto`` (one-hot rows -> classes, integers -> classes,
+            floats -> regression), ``regression``, ``classes`` (integer class indices) or
+            ``onehot``.
+        threshold: binarise a scale into two classes: ``label >= threshold`` is class 1
+            (ICT-MMMO: 3.5).
+        target: another named target of the file (e.g. CH-SIMS ``regression_labels_T``),
+            or a column index when the labels have several columns.
+        text_feature: MMSA pickles: which key feeds the ``text`` modality (e.g.
+            ``text_bert``); default ``text``.
+        nonfinite: what to do with NaN and +-inf features: ``error`` (refuse, with counts)
+            or ``zero`` (replace with 0 and warn with counts).
+        normalize: z-score every feature with statistics fitted on the training split's
+            valid steps (stored with the model, applied to every split and at evaluation).
     """
 
     spec: str = "synthetic"
+    format: Literal["auto", "synthetic", "npz", "mfn", "mmsa", "multibench"] = "auto"
+    modalities: list[str] = field(default_factory=list)
+    label: Literal["auto", "regression", "classes", "onehot"] = "auto"
+    threshold: float | None = None
+    target: str | None = None
+    text_feature: str | None = None
+    nonfinite: Literal["error", "zero"] = "error"
+    normalize: bool = True
 
 
 @dataclass
@@ -321,6 +345,13 @@ def _build(tp: Any, value: Any, source: str, key: str) -> Any:
             choices = ", ".join(repr(a) for a in args)
             raise ConfigError(f"{where}: expected one of {choices}, found {_describe(value)}")
         return value
+    if origin is list:
+        if value is None:
+            return []
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, found {_describe(value)}")
+        (item_type,) = args
+        return [_build(item_type, v, source, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if value is None:
             return {}
@@ -379,18 +410,25 @@ def save_config(config: MFMConfig, path: str | Path) -> None:
 
 
 def with_overrides(config: MFMConfig, data_spec: str | None = None,
-                   **train_overrides: Any) -> MFMConfig:
-    """Return a copy of ``config`` with the data spec and :class:`TrainConfig` fields replaced.
+                   data: dict[str, Any] | None = None, **train_overrides: Any) -> MFMConfig:
+    """Return a copy of ``config`` with data and :class:`TrainConfig` fields replaced.
+
+    Args:
+        data_spec: a new ``data.spec``.
+        data: other :class:`DataConfig` fields.
+        train_overrides: :class:`TrainConfig` fields.
 
     ``None`` values are ignored, so command-line options that were not given leave the
     configuration as it is.
     """
     changes = {k: v for k, v in train_overrides.items() if v is not None}
-    updated = dataclasses.replace(config, train=dataclasses.replace(config.train, **changes))
+    data_changes = {k: v for k, v in (data or {}).items() if v is not None}
     if data_spec is not None:
-        updated = dataclasses.replace(updated, data=DataConfig(spec=data_spec))
-    updated.validate("command line")
-    return updated
+        data_changes["spec"] = data_spec
+    merged = {**config.to_dict()}
+    merged["train"] = {**merged["train"], **changes}
+    merged["data"] = {**merged["data"], **data_changes}
+    return MFMConfig.from_dict(merged, source="command line")
 
 
 def resolve_output(config: MFMConfig, kind: str, num_classes: int) -> MFMConfig:

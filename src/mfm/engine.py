@@ -22,6 +22,24 @@ from mfm.metrics import MFMMetrics
 from mfm.model.mfm import MFM, MFMOutput
 
 
+class NonFiniteLossError(RuntimeError):
+    """A loss term became NaN or infinite during training (one-line message)."""
+
+
+class RngState(L.Callback):
+    """Saves the global torch RNG in checkpoints and restores it on resume.
+
+    Dropout masks and the MMD's prior draws come from that generator: restoring it makes a
+    resumed run continue exactly as the uninterrupted run would have.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"torch": torch.get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["torch"])
+
+
 class MFMModule(L.LightningModule):
     """Trains and evaluates an :class:`~mfm.model.MFM`.
 
@@ -29,13 +47,22 @@ class MFMModule(L.LightningModule):
         config: the resolved run configuration as plain data (``MFMConfig.to_dict()``);
             plain data keeps checkpoints loadable with ``weights_only=True``.
         input_sizes: modality name -> features per step.
+        normalization: the data's normalisation statistics (modality ->
+            ``{"mean": [...], "std": [...]}``), kept in the checkpoint so evaluation
+            applies the same.
     """
 
-    def __init__(self, config: dict[str, Any], input_sizes: dict[str, int]) -> None:
+    def __init__(
+        self,
+        config: dict[str, Any],
+        input_sizes: dict[str, int],
+        normalization: dict[str, dict[str, list[float]]] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.config = MFMConfig.from_dict(config, source="checkpoint configuration")
         self.model = MFM(self.config.model, input_sizes)
+        self.normalization = normalization
         out = self.config.model.output
         num_classes = out.size if out.kind == "classification" else None
         self.metrics = nn.ModuleDict(
@@ -63,15 +90,33 @@ class MFMModule(L.LightningModule):
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         _, terms = self._shared_step(batch, "train")
+        self._check_finite(terms)
         return terms["loss"]
+
+    def _check_finite(self, terms: dict[str, Tensor]) -> None:
+        """Stop with a message naming the first non-finite term (all ranks stop together)."""
+        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+        if self.trainer.world_size > 1:
+            stop = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+        else:
+            stop = bool(bad)
+        if not stop:
+            return
+        named = [b for b in bad if b != "loss"] or bad or ["loss (on another process)"]
+        value = terms[named[0]].item() if named[0] in terms else float("nan")
+        raise NonFiniteLossError(
+            f"training stopped: loss term {named[0]} is {value} at epoch {self.current_epoch}, "
+            f"step {self.global_step}; the last good checkpoint is kept (set "
+            "train.gradient_clip, lower the learning rate, or check the data)"
+        )
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output, _ = self._shared_step(batch, "valid")
-        self.metrics["valid"].update(output.prediction.detach(), batch.target)
+        self.metrics["valid"].update(output.prediction.detach(), batch.target, batch.index)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         output, _ = self._shared_step(batch, "test")
-        self.metrics["test"].update(output.prediction.detach(), batch.target)
+        self.metrics["test"].update(output.prediction.detach(), batch.target, batch.index)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         """Return ``(B,)`` predictions (regression) or ``(B, C)`` class probabilities."""

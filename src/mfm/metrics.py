@@ -269,6 +269,24 @@ def classification_metrics(logits: Tensor, target: Tensor, num_classes: int) -> 
     return out
 
 
+def _first_occurrences(index: Tensor) -> Tensor:
+    """Boolean ``(N,)`` mask keeping the first sample of each non-negative index value.
+
+    Entries with index ``-1`` (unknown) are always kept.
+    """
+    keep = torch.ones_like(index, dtype=torch.bool)
+    known = index >= 0
+    if known.any():
+        order = torch.argsort(index, stable=True)
+        sorted_index = index[order]
+        repeat = torch.zeros_like(keep)
+        repeat[1:] = sorted_index[1:] == sorted_index[:-1]
+        duplicate = torch.zeros_like(keep)
+        duplicate[order] = repeat
+        keep = ~(duplicate & known)
+    return keep
+
+
 class MFMMetrics(torchmetrics.Metric):
     """Epoch-level metric: accumulates predictions and targets and computes all metrics at once.
 
@@ -294,6 +312,7 @@ class MFMMetrics(torchmetrics.Metric):
 
     preds: list[Tensor]
     target: list[Tensor]
+    index: list[Tensor]
 
     def __init__(self, kind: str, num_classes: int | None = None) -> None:
         super().__init__()
@@ -310,6 +329,7 @@ class MFMMetrics(torchmetrics.Metric):
         self.num_classes = num_classes
         self.add_state("preds", default=[], dist_reduce_fx="cat")
         self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("index", default=[], dist_reduce_fx="cat")
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -319,7 +339,7 @@ class MFMMetrics(torchmetrics.Metric):
         assert self.num_classes is not None
         return _classification_names(self.num_classes)
 
-    def update(self, preds: Tensor, target: Tensor) -> None:
+    def update(self, preds: Tensor, target: Tensor, index: Tensor | None = None) -> None:
         """Add one batch.
 
         Args:
@@ -327,6 +347,9 @@ class MFMMetrics(torchmetrics.Metric):
                 logits of shape ``(B, C)`` (or predicted class indices of shape ``(B,)``).
             target: regression targets of shape ``(B,)`` or ``(B, 1)``; for classification,
                 class indices of shape ``(B,)``.
+            index: ``(B,)`` positions of the samples in their split. When given, a sample
+                seen twice counts once: a distributed sampler pads the last shard with
+                repeated samples, and metrics must cover the split exactly.
 
         Raises:
             ValueError: on bad shapes or mismatched batch sizes.
@@ -358,6 +381,9 @@ class MFMMetrics(torchmetrics.Metric):
             )
         self.preds.append(p)
         self.target.append(t)
+        if index is None:
+            index = torch.full((p.shape[0],), -1, dtype=torch.long, device=p.device)
+        self.index.append(index.detach().long().view(-1))
 
     def compute(self) -> dict[str, Tensor]:
         """Compute every metric over all accumulated samples.
@@ -377,6 +403,9 @@ class MFMMetrics(torchmetrics.Metric):
             )
         preds = dim_zero_cat(self.preds)
         target = dim_zero_cat(self.target)
+        index = dim_zero_cat(self.index)
+        keep = _first_occurrences(index)
+        preds, target = preds[keep], target[keep]
         if preds.numel() == 0:
             raise RuntimeError(
                 "MFMMetrics.compute() called with no accumulated samples; call update() first"

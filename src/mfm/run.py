@@ -20,6 +20,8 @@ import importlib.util
 import json
 import logging
 import math
+import os
+import re
 import shutil
 import warnings
 from collections.abc import Iterator
@@ -30,12 +32,15 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from mfm.config import MFMConfig, resolve_output, save_config
+from mfm.config import MFMConfig, resolve_output, save_config, with_overrides
 from mfm.data import DataError, MFMDataModule, MultimodalData, load
-from mfm.engine import MFMModule
+from mfm.engine import MFMModule, RngState
+from mfm.model.mfm import MFM
 
 
 class RunError(RuntimeError):
@@ -59,6 +64,8 @@ _NOISY_WARNINGS = (
     r".*GPU available but not used.*",
     r".*Checkpoint directory .* exists and is not empty.*",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    r".*Experiment logs directory .* exists and is not empty.*",
+    r".*is not a registered Tensor.*",
 )
 
 # Files and folders a fit writes; --overwrite removes exactly these before a new run.
@@ -90,7 +97,7 @@ def prepare(config: MFMConfig) -> tuple[MFMConfig, MultimodalData]:
         DataError: the data spec or the data is invalid.
         ConfigError: the configuration does not fit the data.
     """
-    data = load(config.data.spec)
+    data = load(config.data)
     resolved = resolve_output(config, data.info.kind, data.info.num_classes)
     return resolved, data
 
@@ -147,6 +154,34 @@ def clear_run(output: Path) -> None:
             path.unlink()
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoint files that are whole or absent: written beside, flushed, then renamed.
+
+    Loading uses ``torch.load(weights_only=True)``: a checkpoint can hold tensors and plain
+    data, never code.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any,
+                        storage_options: Any | None = None) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        with tmp.open("wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+
+    def load_checkpoint(self, path: Any, map_location: Any | None = None,
+                        weights_only: bool | None = None) -> dict[str, Any]:
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+def is_rank_zero() -> bool:
+    """True in the process that writes files (rank 0, or the only process)."""
+    return rank_zero_only.rank == 0
+
+
 def make_trainer(
     config: MFMConfig,
     output: Path | None,
@@ -154,14 +189,18 @@ def make_trainer(
     progress: bool,
     accelerator: str = "cpu",
     devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
     callbacks: list[Any] | None = None,
 ) -> L.Trainer:
-    """A Trainer with the project's conventions (deterministic, no model summary)."""
+    """A Trainer with the project's conventions (deterministic, atomic checkpoints)."""
     train = config.train
     return L.Trainer(
         max_epochs=train.max_epochs,
         accelerator=accelerator,
         devices=devices,
+        strategy=strategy,
+        num_nodes=num_nodes,
         logger=_loggers(output) if output is not None else False,
         callbacks=callbacks or [],
         enable_checkpointing=output is not None,
@@ -172,7 +211,14 @@ def make_trainer(
         log_every_n_steps=10,
         default_root_dir=output,
         num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
     )
+
+
+def last_checkpoint(output: Path) -> Path | None:
+    """The run's ``checkpoints/last.ckpt`` when it exists."""
+    path = output / "checkpoints" / "last.ckpt"
+    return path if path.is_file() else None
 
 
 def fit(
@@ -180,37 +226,57 @@ def fit(
     output: str | Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
     accelerator: str = "cpu",
     devices: int | str = 1,
+    strategy: str = "auto",
+    num_nodes: int = 1,
     verbose: bool = False,
 ) -> FitResult:
     """Train an MFM, keep the best checkpoint, and score it on validation and test.
 
     Args:
-        config: the run configuration (the data spec is ``config.data.spec``).
+        config: the run configuration (the data is ``config.data``).
         output: directory for the run's files (see the module docstring).
-        overwrite: allow an output directory that already holds a run.
+        overwrite: allow an output directory that already holds a run (its files are
+            removed first).
+        resume: continue the run in ``output`` from ``checkpoints/last.ckpt`` (optimizer,
+            scheduler, early stopping, RNG and sample order restored).
         progress: show a progress bar.
         accelerator: Lightning accelerator (``cpu``, ``gpu``, ``auto``).
-        devices: number of devices.
+        devices: devices per node.
+        strategy: Lightning strategy (``auto``, ``ddp``, ...).
+        num_nodes: machines taking part.
         verbose: keep Lightning's own messages.
 
     Raises:
         DataError, ConfigError, RunError: before anything is written.
+        NonFiniteLossError: a loss term became NaN or infinite (the last good checkpoint
+            stays on disk).
     """
     output = Path(output)
     resolved, data = prepare(config)
-    check_output_dir(output, overwrite)
-    if overwrite and output.exists():
-        clear_run(output)
-    output.mkdir(parents=True, exist_ok=True)
-    save_config(resolved, output / "config.yaml")
+    ckpt_path: Path | None = None
+    if resume:
+        ckpt_path = last_checkpoint(output)
+        if ckpt_path is None:
+            raise RunError(f"{output}: no checkpoints/last.ckpt to resume from")
+    if is_rank_zero():
+        if not resume:
+            check_output_dir(output, overwrite)
+            if overwrite and output.exists():
+                clear_run(output)
+        output.mkdir(parents=True, exist_ok=True)
+        save_config(resolved, output / "config.yaml")
 
     train = resolved.train
+    if accelerator == "cpu" and isinstance(devices, int) and devices > 1:
+        # Several processes on one machine's cores: share them instead of oversubscribing.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // devices))
     with quiet_lightning(verbose):
         L.seed_everything(train.seed, workers=True, verbose=False)
-        module = MFMModule(resolved.to_dict(), data.info.input_sizes)
+        module = MFMModule(resolved.to_dict(), data.info.input_sizes, data.normalization)
         datamodule = MFMDataModule(data, train.batch_size, train.seed, train.num_workers)
         monitor = f"valid/{train.monitor}"
         checkpoint = ModelCheckpoint(
@@ -221,24 +287,26 @@ def fit(
             checkpoint,
             EarlyStopping(monitor=monitor, mode="min", patience=train.patience),
             LearningRateMonitor(logging_interval="epoch"),
+            RngState(),
         ]
         trainer = make_trainer(resolved, output, progress=progress, accelerator=accelerator,
-                               devices=devices, callbacks=callbacks)
-        trainer.fit(module, datamodule=datamodule)
-        best = Path(checkpoint.best_model_path)
-        metrics = _score(trainer, module, datamodule, best)
+                               devices=devices, strategy=strategy, num_nodes=num_nodes,
+                               callbacks=callbacks)
+        trainer.fit(module, datamodule=datamodule,
+                    ckpt_path=str(ckpt_path) if ckpt_path is not None else None)
+        metrics = _score(trainer, module, datamodule, "best")
     if trainer.is_global_zero:
         write_metrics(metrics, output / "metrics.json")
         from mfm.plots import plot_training_curves
 
         plot_training_curves(output / "logs" / "metrics.csv", output / "curves.png")
-    return FitResult(output, metrics, best, output / "checkpoints" / "last.ckpt",
-                     trainer.current_epoch)
+    return FitResult(output, metrics, Path(checkpoint.best_model_path),
+                     output / "checkpoints" / "last.ckpt", trainer.current_epoch)
 
 
 def _score(trainer: L.Trainer, module: MFMModule, datamodule: MFMDataModule,
-           checkpoint: Path | None) -> dict[str, float]:
-    ckpt = str(checkpoint) if checkpoint is not None else None
+           checkpoint: str | None) -> dict[str, float]:
+    ckpt = checkpoint
     valid = trainer.validate(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     test = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, verbose=False)
     names = module.metrics["test"].names
@@ -257,43 +325,159 @@ def load_module(checkpoint: str | Path) -> MFMModule:
     if not path.is_file():
         raise RunError(f"{path}: no such checkpoint file")
     try:
-        return MFMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return MFMModule.load_from_checkpoint(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure means "not a usable checkpoint"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"{path}: not a readable mfm checkpoint ({first[:200]})") from exc
+        text = str(exc)
+        refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if refused:
+            reason = (f"refused to load {refused.group(1)}: a checkpoint may hold tensors and "
+                      "plain data only")
+        else:
+            reason = text.strip().splitlines()[0][:200] if text.strip() else type(exc).__name__
+        raise RunError(f"{path}: not a readable mfm checkpoint ({reason})") from exc
+
+
+def load_export(directory: str | Path) -> MFMModule:
+    """Load a model folder written by :func:`export` (safetensors, YAML, JSON; no pickle).
+
+    Raises:
+        RunError: the folder is missing files or holds unusable weights.
+    """
+    import yaml
+
+    folder = Path(directory)
+    if not folder.is_dir():
+        raise RunError(f"{folder}: no such model folder")
+    try:
+        model = MFM.from_pretrained(folder)
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+    except (ValueError, yaml.YAMLError) as exc:
+        raise RunError(str(exc).splitlines()[0]) from exc
+    stats_file = folder / "normalization.json"
+    stats = json.loads(stats_file.read_text()) if stats_file.is_file() else None
+    module = MFMModule(config, model.input_sizes, stats)
+    module.model.load_state_dict(model.state_dict())
+    return module
+
+
+def load_trained(path: str | Path) -> MFMModule:
+    """A checkpoint file (``.ckpt``) or an exported model folder."""
+    return load_export(path) if Path(path).is_dir() else load_module(path)
+
+
+def export(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write a checkpoint's model as ``model.safetensors``, ``config.yaml``, ``model.json``
+    and ``normalization.json`` into ``out`` (see :meth:`mfm.model.MFM.save_pretrained`)."""
+    module = load_module(checkpoint)
+    return module.model.save_pretrained(out, run_config=module.config.to_dict(),
+                                        normalization=module.normalization)
+
+
+def _data_for(module: MFMModule, data_spec: str | None,
+              data_options: dict[str, Any] | None) -> tuple[MFMConfig, MultimodalData]:
+    config = with_overrides(module.config, data_spec=data_spec, data=data_options)
+    data = load(config.data, stats=module.normalization)
+    expected = module.model.input_sizes
+    if data.info.input_sizes != expected:
+        raise DataError(
+            f"data {config.data.spec!r}: modalities and feature sizes "
+            f"{data.info.input_sizes} do not match the model's {expected}"
+        )
+    return config, data
 
 
 def evaluate(
     checkpoint: str | Path,
     data_spec: str | None = None,
     *,
+    data_options: dict[str, Any] | None = None,
     progress: bool = False,
     verbose: bool = False,
 ) -> dict[str, float]:
-    """Score a checkpoint on the validation and test splits of its data.
+    """Score a checkpoint (or an exported model folder) on the validation and test splits.
+
+    The data is read as the model was trained (same data options) and normalised with
+    the statistics stored with the model.
 
     Args:
-        checkpoint: a ``.ckpt`` written by :func:`fit`.
+        checkpoint: a ``.ckpt`` written by :func:`fit`, or a folder written by :func:`export`.
         data_spec: other data to score on; by default the data the model was trained on.
+        data_options: other :class:`~mfm.config.DataConfig` fields to change.
 
     Returns:
         Test metrics (flat) and validation metrics under ``valid/``, as in ``metrics.json``.
     """
     with quiet_lightning(verbose):
-        module = load_module(checkpoint)
-        config = module.config
-        if data_spec is not None:
-            config = MFMConfig.from_dict({**config.to_dict(), "data": {"spec": data_spec}})
-        data = load(config.data.spec)
-        expected = module.model.input_sizes
-        if data.info.input_sizes != expected:
-            raise DataError(
-                f"data {config.data.spec!r}: modalities and feature sizes "
-                f"{data.info.input_sizes} do not match the model's {expected}"
-            )
+        module = load_trained(checkpoint)
+        config, data = _data_for(module, data_spec, data_options)
         datamodule = MFMDataModule(data, config.train.batch_size, config.train.seed, 0)
         trainer = make_trainer(config, None, progress=progress)
         return _score(trainer, module, datamodule, None)
+
+
+def predict(
+    model: str | Path,
+    out: str | Path,
+    data_spec: str | None = None,
+    *,
+    splits: tuple[str, ...] = ("test",),
+    data_options: dict[str, Any] | None = None,
+    batch_size: int = 256,
+    progress: bool = True,
+    verbose: bool = False,
+) -> Path:
+    """Write per-sample predictions of a trained model as CSV.
+
+    Columns: ``split``, ``index``, ``id`` (when the data has ids), ``target``, then
+    ``prediction`` (regression) or ``predicted_class`` and ``prob_<k>`` per class.
+
+    Args:
+        model: a ``.ckpt`` file or an exported model folder.
+        out: the CSV file (written atomically).
+        data_spec: the data; by default the data the model was trained on.
+        splits: which splits to predict.
+        batch_size: samples per forward pass.
+    """
+    import csv
+
+    from torch.utils.data import DataLoader
+
+    with quiet_lightning(verbose):
+        module = load_trained(model)
+        config, data = _data_for(module, data_spec, data_options)
+        trainer = make_trainer(config, None, progress=progress)
+        kind = module.config.model.output.kind
+        rows: list[list[Any]] = []
+        for split in splits:
+            dataset = data[split]
+            loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
+            outputs = trainer.predict(module, dataloaders=loader)
+            values = torch.cat([o.detach().cpu() for o in outputs])  # type: ignore[union-attr]
+            for i in range(len(dataset)):
+                ident = dataset.ids[i] if dataset.ids is not None else ""
+                target = dataset.target[i].item() if dataset.target is not None else ""
+                if kind == "classification":
+                    probs = values[i].tolist()
+                    rows.append([split, i, ident, target, int(values[i].argmax()), *probs])
+                else:
+                    rows.append([split, i, ident, target, float(values[i])])
+    header = ["split", "index", "id", "target"]
+    if kind == "classification":
+        classes = module.config.model.output.size
+        header += ["predicted_class"] + [f"prob_{k}" for k in range(classes)]
+    else:
+        header += ["prediction"]
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    tmp.replace(path)
+    return path
 
 
 def describe(module: torch.nn.Module) -> str:

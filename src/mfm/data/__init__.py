@@ -1,66 +1,57 @@
-"""Data: padded batches, in-memory splits, the synthetic default and the loader entry point.
+"""Data: padded batches, in-memory splits, format readers, validation and the entry point.
 
-A data *spec* is a string naming a source and its options::
+:func:`load` reads what a :class:`~mfm.config.DataConfig` (or a bare spec string) names,
+checks it at the boundary and returns tensors ready for training::
 
-    synthetic                          # the generated default
-    synthetic:modalities=2,task=classification,steps=30/12
-
-:func:`load` turns a spec into a :class:`MultimodalData`.
+    load("synthetic")                              # the generated default
+    load("synthetic:modalities=2,task=classification")
+    load(DataConfig(spec="data/youtube", modalities=["audio", "video"]))
 """
 
 from __future__ import annotations
 
+from mfm.config import DataConfig
 from mfm.data.batch import Batch, lengths_from_padding, step_mask, to_right_padded
 from mfm.data.dataset import DataInfo, MFMDataModule, MultimodalData, MultimodalSplit
-from mfm.data.synthetic import SyntheticOptions, make_synthetic
+from mfm.data.errors import DataError
+from mfm.data.formats import detect_format, parse_spec, read_raw
+from mfm.data.prepare import DataWarning, Stats, prepare
+from mfm.data.raw import RawData, RawSplit
+from mfm.data.synthetic import SyntheticOptions, generate_synthetic
 
 __all__ = [
     "Batch",
+    "DataConfig",
     "DataError",
     "DataInfo",
+    "DataWarning",
     "MFMDataModule",
     "MultimodalData",
     "MultimodalSplit",
+    "RawData",
+    "RawSplit",
     "SyntheticOptions",
+    "detect_format",
+    "generate_synthetic",
     "lengths_from_padding",
     "load",
-    "make_synthetic",
     "parse_spec",
+    "prepare",
+    "read_raw",
     "step_mask",
     "to_right_padded",
 ]
 
 
-class DataError(ValueError):
-    """The data spec or the data it names is invalid (one-line message)."""
+def load(config: DataConfig | str = "synthetic", stats: Stats | None = None) -> MultimodalData:
+    """Read, validate and convert the data that ``config`` names.
 
-
-def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
-    """Split ``source:key=value,key=value`` into the source and its options.
-
-    Raises:
-        DataError: an option is not of the form ``key=value``.
-    """
-    source, _, rest = spec.partition(":")
-    options: dict[str, str] = {}
-    for item in filter(None, (part.strip() for part in rest.split(","))):
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise DataError(f"data spec {spec!r}: option {item!r} is not of the form key=value")
-        options[key.strip()] = value.strip()
-    return source.strip(), options
-
-
-def load(spec: str = "synthetic") -> MultimodalData:
-    """Load the train/valid/test splits that ``spec`` names.
+    Args:
+        config: a :class:`DataConfig` or just its ``spec``.
+        stats: normalisation statistics of a trained model to apply instead of fitting.
 
     Raises:
-        DataError: unknown source, bad option, or invalid data.
+        DataError: one line naming the file, the key, what was expected and found.
     """
-    source, options = parse_spec(spec)
-    if source == "synthetic":
-        try:
-            return make_synthetic(SyntheticOptions.from_strings(options))
-        except ValueError as exc:
-            raise DataError(str(exc)) from exc
-    raise DataError(f"data spec {spec!r}: unknown source {source!r} (expected: synthetic)")
+    cfg = DataConfig(spec=config) if isinstance(config, str) else config
+    return prepare(read_raw(cfg), cfg, stats)

@@ -106,6 +106,14 @@ class Batch:
         return int(self.index.shape[0])
 
     @property
+    def presence(self) -> dict[str, Tensor]:
+        """Modality name -> ``(B,)`` bool: True where the sample has that modality.
+
+        A modality is absent for a sample exactly when its length is 0.
+        """
+        return {name: n > 0 for name, n in self.lengths.items()}
+
+    @property
     def modalities(self) -> list[str]:
         """Modality names in a fixed order."""
         return list(self.inputs)

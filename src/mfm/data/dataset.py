@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mfm.data.batch import Batch
 
@@ -86,20 +87,53 @@ class MultimodalSplit(Dataset[int]):
 
 @dataclass
 class MultimodalData:
-    """Train, validation and test splits with their shared description."""
+    """Train, validation and test splits with their shared description.
+
+    Attributes:
+        info: modalities, sizes and task.
+        splits: ``train``, ``valid``, ``test``.
+        normalization: per-modality ``{"mean": [...], "std": [...]}`` applied to the
+            features, or ``None``; a trained model stores it to apply it again.
+        report: what preparation found (a :class:`mfm.data.prepare.Report`).
+    """
 
     info: DataInfo
     splits: dict[str, MultimodalSplit] = field(default_factory=dict)
+    normalization: dict[str, dict[str, list[float]]] | None = None
+    report: Any = None
 
     def __getitem__(self, split: str) -> MultimodalSplit:
         return self.splits[split]
 
 
+class EpochShuffle(Sampler[int]):
+    """A random order that is a function of ``(seed, epoch)`` alone.
+
+    Lightning calls :meth:`set_epoch` before every epoch, so a run resumed from a checkpoint
+    sees exactly the sample order the uninterrupted run would have seen.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
 class MFMDataModule(L.LightningDataModule):
     """Serves a :class:`MultimodalData` to Lightning's Trainer.
 
-    The training loader shuffles with its own generator seeded by ``seed``, so the
-    sample order is a function of the seed alone.
+    The training loader shuffles with :class:`EpochShuffle`, so the sample order is a
+    function of the seed and the epoch alone (and survives a resume).
     """
 
     def __init__(
@@ -113,13 +147,12 @@ class MFMDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader[int]:
         dataset = self.data[split]
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
+        sampler = EpochShuffle(len(dataset), self.seed) if shuffle else None
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             collate_fn=dataset.collate,
-            generator=generator,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )

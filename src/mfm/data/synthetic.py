@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-import torch
 
-from mfm.data.batch import to_right_padded
-from mfm.data.dataset import DataInfo, MultimodalData, MultimodalSplit
+from mfm.data.raw import RawData, RawSplit
 
 
 @dataclass(frozen=True)
@@ -149,7 +147,7 @@ class SyntheticOptions:
         return options_
 
 
-def make_synthetic(options: SyntheticOptions | None = None) -> MultimodalData:
+def generate_synthetic(options: SyntheticOptions | None = None) -> RawData:
     """Generate the synthetic train/valid/test splits described in the module docstring."""
     opt = options or SyntheticOptions()
     opt.validate()
@@ -166,15 +164,15 @@ def make_synthetic(options: SyntheticOptions | None = None) -> MultimodalData:
     w *= 1.5 / np.linalg.norm(w)
     if opt.task == "regression":
         target = np.clip(shared @ w + 0.1 * rng.standard_normal(total), -3.0, 3.0)
-        target_t = torch.tensor(target, dtype=torch.float32)
+        target = target.astype(np.float32)
     else:
         logits = shared @ rng.standard_normal((k, opt.num_classes))
-        target_t = torch.tensor(logits.argmax(axis=1), dtype=torch.long)
+        target = logits.argmax(axis=1).astype(np.int64)
 
     aligned = len(set(steps)) == 1
     common_fraction = rng.uniform(opt.min_fraction, 1.0, size=total)
-    features: dict[str, torch.Tensor] = {}
-    lengths: dict[str, torch.Tensor] = {}
+    features: dict[str, np.ndarray] = {}
+    lengths: dict[str, np.ndarray] = {}
     for m, (name, d, t_m) in enumerate(zip(names, dims, steps, strict=True)):
         load_shared = rng.standard_normal((d, k)) / np.sqrt(k)
         load_private = opt.private_scale * rng.standard_normal((d, j)) / np.sqrt(j)
@@ -193,27 +191,19 @@ def make_synthetic(options: SyntheticOptions | None = None) -> MultimodalData:
             n = np.maximum(1, np.round(fraction * t_m)).astype(np.int64)
         else:
             n = np.full(total, t_m, dtype=np.int64)
-        x_t = torch.tensor(x, dtype=torch.float32)
-        n_t = torch.tensor(n)
-        features[name] = to_right_padded(x_t, n_t, "right")  # zero the steps past each length
-        lengths[name] = n_t
+        x[np.arange(t_m)[None, :] >= n[:, None]] = 0.0  # trailing padding
+        features[name] = x.astype(np.float32)
+        lengths[name] = n
 
-    splits: dict[str, MultimodalSplit] = {}
+    splits: dict[str, RawSplit] = {}
     start = 0
     for split, size in sizes.items():
         sl = slice(start, start + size)
-        splits[split] = MultimodalSplit(
-            {k_: v[sl] for k_, v in features.items()},
-            {k_: v[sl] for k_, v in lengths.items()},
-            target_t[sl],
+        splits[split] = RawSplit(
+            features={k_: v[sl] for k_, v in features.items()},
+            labels=target[sl],
+            lengths={k_: v[sl] for k_, v in lengths.items()},
             ids=[f"{split}-{i}" for i in range(size)],
         )
         start += size
-    info = DataInfo(
-        input_sizes=dict(zip(names, dims, strict=True)),
-        steps=dict(zip(names, steps, strict=True)),
-        kind=opt.task,
-        num_classes=opt.num_classes if opt.task == "classification" else 1,
-        name="synthetic",
-    )
-    return MultimodalData(info=info, splits=splits)
+    return RawData(source="synthetic", splits=splits, padding="right", name="synthetic")

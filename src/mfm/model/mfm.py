@@ -18,8 +18,11 @@ modality; the model never reads a padded step. The objective lives in
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -28,6 +31,8 @@ from mfm.config import ModelConfig
 from mfm.model.decoders import SequenceDecoder
 from mfm.model.encoders import MLP, SequenceEncoder
 from mfm.model.mfn import MemoryFusionNetwork, aligned_view
+
+EXPORT_FORMAT = "mfm-export-1"
 
 
 @dataclass
@@ -195,3 +200,74 @@ class MFM(nn.Module):
         prediction, recon, f, f_y = self.decode(z_y, z, steps)
         return MFMOutput(prediction=prediction, reconstructions=recon, z_y=z_y, z=z, f_y=f_y,
                          f=f)
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        *,
+        run_config: dict[str, Any] | None = None,
+        normalization: dict[str, dict[str, list[float]]] | None = None,
+    ) -> Path:
+        """Write the model as ``model.safetensors`` + ``config.yaml`` + ``model.json``.
+
+        No pickle is involved: weights are safetensors, the rest YAML and JSON.
+
+        Args:
+            directory: created if needed.
+            run_config: the whole run configuration (``MFMConfig.to_dict()``) to keep with
+                the model; by default only its ``model`` section is written.
+            normalization: the data's normalisation statistics, written to
+                ``normalization.json`` so that inference normalises inputs the same way.
+
+        Returns:
+            The directory.
+        """
+        import dataclasses
+
+        import yaml
+        from safetensors.torch import save_file
+
+        out = Path(directory)
+        out.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(out / "model.safetensors"), metadata={"format": "mfm"})
+        config = run_config or {"model": dataclasses.asdict(self.config)}
+        (out / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        (out / "model.json").write_text(json.dumps(
+            {"format": EXPORT_FORMAT, "input_sizes": self.input_sizes}, indent=2) + "\n")
+        if normalization is not None:
+            (out / "normalization.json").write_text(json.dumps(normalization) + "\n")
+        return out
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> MFM:
+        """Rebuild a model written by :meth:`save_pretrained` (weights loaded exactly).
+
+        Raises:
+            ValueError: a file is missing or does not describe an mfm model.
+        """
+        import yaml
+        from safetensors.torch import load_file
+
+        from mfm.config import MFMConfig
+
+        folder = Path(directory)
+        for name in ("model.safetensors", "config.yaml", "model.json"):
+            if not (folder / name).is_file():
+                raise ValueError(f"{folder}: missing {name} (expected a folder written by "
+                                 "`mfm export` or MFM.save_pretrained)")
+        meta = json.loads((folder / "model.json").read_text())
+        if meta.get("format") != EXPORT_FORMAT:
+            raise ValueError(f"{folder / 'model.json'}: format: expected {EXPORT_FORMAT!r}, "
+                             f"found {meta.get('format')!r}")
+        config = MFMConfig.from_dict(yaml.safe_load((folder / "config.yaml").read_text()),
+                                     source=str(folder / "config.yaml"))
+        model = cls(config.model, meta["input_sizes"])
+        try:
+            state = load_file(str(folder / "model.safetensors"))
+            model.load_state_dict(state, strict=True)
+        except Exception as exc:  # noqa: BLE001 - any failure means unusable weights
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{folder / 'model.safetensors'}: unusable weights ({first[:200]})"
+                             ) from exc
+        return model
