@@ -171,6 +171,11 @@ def fit(
     gradient_clip: Annotated[
         float | None, typer.Option(help="Clip the gradient norm to this value.")
     ] = None,
+    modality_dropout: Annotated[
+        float | None,
+        typer.Option(help="Probability of removing each modality from a training sample, "
+                     "to train surrogate inference for missing modalities (e.g. 0.3)."),
+    ] = None,
     resume: Annotated[
         str | None,
         typer.Option(help="Continue a killed or finished run: its folder, or `auto` (resume "
@@ -217,7 +222,8 @@ def fit(
                                nonfinite, normalize)
         cfg = with_overrides(base, data_spec=data, data=options, max_epochs=max_epochs,
                              seed=seed, batch_size=batch_size, learning_rate=learning_rate,
-                             gradient_clip=gradient_clip)
+                             gradient_clip=gradient_clip,
+                             default_modality_dropout=modality_dropout)
         out = output or Path("runs") / datetime.now().strftime("fit-%Y%m%d-%H%M%S")
         result = run_fit(cfg, out, overwrite=overwrite, resume=resuming, progress=progress,
                          accelerator=accelerator, devices=devices, strategy=strategy,
@@ -342,6 +348,39 @@ def predict(
     except (ConfigError, DataError, RunError) as exc:
         raise _fail(str(exc)) from None
     Console().print(f"predictions written to {path}")
+
+
+@app.command()
+def robustness(
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data (path or spec). Default: the data the model was trained on."),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option(help="Folder for robustness.json/.csv/.md/.png.")
+    ] = Path("robustness"),
+    split: Annotated[str, typer.Option(help="Split to score: train, valid or test.")] = "test",
+) -> None:
+    """Score a model with modalities missing (every subset: surrogate inference vs zero
+    filling, and the error of rebuilding each missing modality), with time steps dropped
+    and with Gaussian noise (levels 0.0-0.9 per modality)."""
+    from mfm.data import DataError
+    from mfm.run import RunError
+    from mfm.run import robustness as run_robustness
+
+    try:
+        source = _trained(checkpoint, model)
+        if split not in ("train", "valid", "test"):
+            raise ConfigError(f"--split: expected train, valid or test, found {split!r}")
+        _, paths = run_robustness(source, output, data, split=split)
+    except (ConfigError, DataError, RunError) as exc:
+        raise _fail(str(exc)) from None
+    from rich.markdown import Markdown
+
+    Console().print(Markdown(paths["md"].read_text()))
+    Console().print(f"report written to {output}/robustness.{{json,csv,md,png}}")
 
 
 @app.command("config")

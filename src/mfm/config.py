@@ -101,6 +101,8 @@ class ModelConfig:
         gate_dropout: dropout in those MLPs.
         cell: ``lstm`` (the public MFN code: plain LSTM cells) or ``lsthm`` (the MFN
             paper: each cell's gates also read the previous memory).
+        surrogate_hidden: width of the surrogate MLPs that infer an absent modality's
+            Z_a,m from the present ones.
         alignment: how the MFN sees modalities. ``aligned``: step t of every modality is
             read at MFN step t (all modalities must have the same padded length).
             ``resample``: each sample's valid steps of every modality are averaged into
@@ -121,6 +123,7 @@ class ModelConfig:
     gate_hidden: int = 64
     gate_dropout: float = 0.2
     cell: CellKind = "lstm"
+    surrogate_hidden: int = 64
     alignment: Alignment = "auto"
     mfn_steps: int = 32
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -143,6 +146,10 @@ class LossConfig:
         mmd_kernel: ``seed`` (exp(-mean squared difference / d), the reference code's
             kernel), ``imq`` (multi-scale inverse multiquadratic) or ``rbf``.
         mmd_estimator: ``biased`` (the reference code's) or ``unbiased``.
+        lambda_missing: weight of ``missing_loss`` (surrogate vs full latents) and of the
+            reconstruction of removed modalities from their surrogates; used when
+            ``train.modality_dropout`` removes modalities.
+        detach_missing_targets: compare surrogates with detached full-data latents.
     """
 
     recon_weights: dict[str, float] = field(default_factory=dict)
@@ -150,6 +157,8 @@ class LossConfig:
     lambda_mmd: float = 1.0
     mmd_kernel: MMDKernel = "seed"
     mmd_estimator: MMDEstimator = "biased"
+    lambda_missing: float = 1.0
+    detach_missing_targets: bool = True
 
     def recon_weight(self, name: str) -> float:
         """Return lambda_m of modality ``name``."""
@@ -171,6 +180,9 @@ class TrainConfig:
         monitor: validation quantity that selects the best checkpoint, drives early
             stopping and ReduceLROnPlateau: ``pred`` (the prediction loss) or ``loss``
             (the whole objective, whose MMD terms use random prior draws).
+        modality_dropout: per modality name, the probability of removing that modality
+            from a training sample (surrogate training; see :mod:`mfm.model.mfm`).
+        default_modality_dropout: the probability for modalities without an entry.
         seed: seed of every random number generator used in the run.
         num_workers: DataLoader worker processes.
         gradient_clip: clip the gradient norm to this value; ``None`` disables clipping.
@@ -184,9 +196,15 @@ class TrainConfig:
     lr_patience: int = 4
     lr_factor: float = 0.5
     monitor: Literal["pred", "loss"] = "pred"
+    modality_dropout: dict[str, float] = field(default_factory=dict)
+    default_modality_dropout: float = 0.0
     seed: int = 0
     num_workers: int = 0
     gradient_clip: float | None = None
+
+    def dropout_for(self, name: str) -> float:
+        """Probability of removing modality ``name`` from a training sample."""
+        return self.modality_dropout.get(name, self.default_modality_dropout)
 
 
 @dataclass
@@ -267,7 +285,8 @@ class MFMConfig:
                  mod.decoder_hidden is None or mod.decoder_hidden >= 1, ">= 1 or null")
             )
             checks.append((f"model.{name}.dropout", 0.0 <= mod.dropout < 1.0, "in [0, 1)"))
-        for attr in ("zy", "fy", "memory", "attention_hidden", "gate_hidden", "mfn_steps"):
+        for attr in ("zy", "fy", "memory", "attention_hidden", "gate_hidden", "mfn_steps",
+                     "surrogate_hidden"):
             checks.append((f"model.{attr}", getattr(m, attr) >= 1, ">= 1"))
         for attr in ("fy_dropout", "attention_dropout", "gate_dropout"):
             checks.append((f"model.{attr}", 0.0 <= getattr(m, attr) < 1.0, "in [0, 1)"))
@@ -294,6 +313,11 @@ class MFMConfig:
         checks.append(("train.lr_patience", t.lr_patience >= 0, ">= 0"))
         checks.append(("train.lr_factor", 0.0 < t.lr_factor < 1.0, "in (0, 1)"))
         checks.append(("train.num_workers", t.num_workers >= 0, ">= 0"))
+        checks.append(("train.default_modality_dropout",
+                       0.0 <= t.default_modality_dropout < 1.0, "in [0, 1)"))
+        for k, v in t.modality_dropout.items():
+            checks.append((f"train.modality_dropout.{k}", 0.0 <= v < 1.0, "in [0, 1)"))
+        checks.append(("loss.lambda_missing", lo.lambda_missing >= 0, ">= 0"))
         checks.append(
             ("train.gradient_clip", t.gradient_clip is None or t.gradient_clip > 0, "> 0 or null")
         )

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from mfm.config import MFMConfig
 from mfm.data.batch import Batch
-from mfm.losses.objective import objective_terms
+from mfm.losses.objective import missing_terms, objective_terms
 from mfm.metrics import MFMMetrics
 from mfm.model.mfm import MFM, MFMOutput
 
@@ -73,6 +73,29 @@ class MFMModule(L.LightningModule):
         """Run the model on a batch."""
         return self.model(batch.inputs, batch.lengths)
 
+    def removal_mask(self, batch: Batch) -> dict[str, Tensor] | None:
+        """Draw which present modalities to remove per sample (``train.modality_dropout``).
+
+        Returns:
+            modality -> ``(B,)`` bool, or ``None`` when no modality has a dropout
+            probability. Every sample keeps at least one of its present modalities.
+        """
+        train = self.config.train
+        names = self.model.names
+        probs = [train.dropout_for(n) for n in names]
+        if not any(p > 0 for p in probs):
+            return None
+        present = torch.stack([batch.lengths[n] > 0 for n in names], dim=1)  # (B, M)
+        p = torch.tensor(probs, device=present.device).expand_as(present)
+        remove = (torch.rand(present.shape, device=present.device) < p) & present
+        emptied = ~(present & ~remove).any(dim=1)
+        if emptied.any():
+            # Keep one random present modality of the samples that would have none left.
+            scores = torch.rand(present.shape, device=present.device) * present
+            keep = torch.nn.functional.one_hot(scores.argmax(dim=1), len(names)).bool()
+            remove = remove & ~(keep & emptied.unsqueeze(1))
+        return {n: remove[:, i] for i, n in enumerate(names)}
+
     def _shared_step(self, batch: Batch, stage: str) -> tuple[MFMOutput, dict[str, Tensor]]:
         if batch.target is None:
             raise ValueError(f"{stage} data has no labels")
@@ -81,6 +104,15 @@ class MFMModule(L.LightningModule):
             output, batch.inputs, batch.lengths, batch.target,
             self.config.loss, self.config.model.output,
         )
+        removed = self.removal_mask(batch) if stage == "train" else None
+        if removed is not None:
+            kept = {n: torch.where(removed[n], 0, batch.lengths[n]) for n in batch.lengths}
+            dropped = self.model(batch.inputs, kept)
+            extra = missing_terms(output, dropped, removed, batch.inputs, batch.lengths,
+                                  self.config.loss)
+            terms.update(extra)
+            terms["loss"] = terms["loss"] + self.config.loss.lambda_missing * (
+                extra["missing"] + extra["recon_missing"])
         self.log_dict(
             {f"{stage}/{name}": value.detach() for name, value in terms.items()},
             on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True,

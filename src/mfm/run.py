@@ -480,6 +480,29 @@ def predict(
     return path
 
 
+def robustness(
+    model: str | Path,
+    output: str | Path,
+    data_spec: str | None = None,
+    *,
+    split: str = "test",
+    data_options: dict[str, Any] | None = None,
+    verbose: bool = False,
+) -> tuple[Any, dict[str, Path]]:
+    """Run :func:`mfm.robustness.evaluate` on a trained model and write its report.
+
+    Returns:
+        The :class:`~mfm.robustness.RobustnessReport` and the paths of the written files.
+    """
+    from mfm import robustness as rb
+
+    with quiet_lightning(verbose):
+        module = load_trained(model)
+        _, data = _data_for(module, data_spec, data_options)
+        report = rb.evaluate(module, data, split, seed=module.config.train.seed)
+    return report, rb.write_report(report, Path(output))
+
+
 def describe(module: torch.nn.Module) -> str:
     """One line: the number of trainable parameters."""
     count = sum(p.numel() for p in module.parameters() if p.requires_grad)

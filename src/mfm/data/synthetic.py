@@ -49,6 +49,8 @@ class SyntheticOptions:
         private_dim: size ``j`` of each private factor.
         noise: standard deviation of the white noise.
         private_scale: scale of the private (label-irrelevant) signal.
+        offset: a constant added to every feature at valid steps (real features are rarely
+            centred; with an offset, a raw 0 is far from the data).
         ragged: draw per-sample lengths instead of using full length.
         min_fraction: shortest ragged length as a fraction of ``T``.
         seed: seed of the generator.
@@ -66,6 +68,7 @@ class SyntheticOptions:
     private_dim: int = 4
     noise: float = 1.0
     private_scale: float = 1.0
+    offset: float = 0.0
     ragged: bool = True
     min_fraction: float = 0.5
     seed: int = 0
@@ -191,6 +194,7 @@ def generate_synthetic(options: SyntheticOptions | None = None) -> RawData:
             n = np.maximum(1, np.round(fraction * t_m)).astype(np.int64)
         else:
             n = np.full(total, t_m, dtype=np.int64)
+        x += opt.offset
         x[np.arange(t_m)[None, :] >= n[:, None]] = 0.0  # trailing padding
         features[name] = x.astype(np.float32)
         lengths[name] = n

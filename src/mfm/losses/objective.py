@@ -91,3 +91,49 @@ def objective_terms(
         mmd_sum = mmd_sum + term
     total = total + loss.lambda_mmd * mmd_sum
     return {"loss": total, **terms}
+
+
+def missing_terms(
+    full: MFMOutput,
+    dropped: MFMOutput,
+    removed: dict[str, Tensor],
+    inputs: dict[str, Tensor],
+    lengths: dict[str, Tensor],
+    loss: LossConfig,
+) -> dict[str, Tensor]:
+    """Surrogate-inference terms (see :mod:`mfm.model.mfm` for the design).
+
+    Args:
+        full: output of the pass with the modalities the data has.
+        dropped: output of the pass with ``removed`` modalities taken away.
+        removed: modality -> ``(B,)`` bool, True where the modality was present in the data
+            and removed for the second pass.
+        inputs: modality -> ``(B, T_m, d_m)`` the real features.
+        lengths: modality -> ``(B,)`` the real lengths.
+        loss: ``detach_missing_targets`` and the reconstruction weights.
+
+    Returns:
+        ``missing`` (MSE of the surrogate Z_y and Z_a,m against the full-pass latents) and
+        ``recon_missing`` (weighted reconstruction error of each removed modality rebuilt
+        from its surrogate factors); 0-d tensors, 0 when nothing was removed.
+    """
+    zero = full.z_y.new_zeros(())
+
+    def target(t: Tensor) -> Tensor:
+        return t.detach() if loss.detach_missing_targets else t
+
+    lost = torch.zeros_like(next(iter(removed.values())))
+    for mask in removed.values():
+        lost = lost | mask
+    missing = zero
+    if lost.any():
+        missing = F.mse_loss(dropped.z_y[lost], target(full.z_y[lost]))
+    recon = zero
+    for name, mask in removed.items():
+        if not mask.any():
+            continue
+        missing = missing + F.mse_loss(dropped.z[name][mask], target(full.z[name][mask]))
+        rebuilt = dropped.reconstructions[name][mask]
+        term = masked_mse(rebuilt, inputs[name][mask], lengths[name][mask])
+        recon = recon + loss.recon_weight(name) * term
+    return {"missing": missing, "recon_missing": recon}

@@ -14,6 +14,36 @@ Generation::
 Inputs are right-padded (see :mod:`mfm.data.batch`) with per-sample lengths per
 modality; the model never reads a padded step. The objective lives in
 :mod:`mfm.losses.objective`.
+
+Missing modalities: surrogate inference for any subset
+--------------------------------------------------------
+
+A modality is *absent* for a sample when its length is 0 (the batch's presence mask is
+``lengths > 0``). Its tensor is zeroed before anything reads it, so whatever it holds
+cannot change an output. Then, for every absent modality ``m``:
+
+* ``Z_y`` is inferred from the present modalities alone: the MFN masks the absent
+  modality's cell at every step (its state stays at zero, the memory fuses the others);
+  no separate network per subset is needed;
+* ``Z_a,m`` is the *surrogate* ``S_m(u)``: an MLP reading the MFN's final state ``u``
+  (``[h_1 .. h_M, memory]`` over the present modalities);
+* ``X_m`` is rebuilt by its decoder from ``[G_y(Z_y), G_m(S_m(u))]``, and ``Y`` predicted
+  from ``G_y(Z_y)`` as usual.
+
+Training (:class:`mfm.engine.MFMModule`): with per-modality dropout probabilities
+(``train.modality_dropout``) each batch is encoded twice: once with the modalities the data
+has (the full pass, which gives the usual objective), once with a random subset of the
+present modalities removed per sample (at least one kept). ``missing_loss`` compares the
+second pass with the first: the mean squared error between the surrogate ``Z_y`` and the
+full ``Z_y`` over samples that lost a modality, plus, for each removed modality, between
+its surrogate ``Z_a,m`` and the ``Z_a,m`` its own encoder gave in the full pass. The
+full-pass latents are the targets and are detached by default
+(``loss.detach_missing_targets``), so the surrogates learn to imitate the encoders rather
+than the encoders to imitate the surrogates. The second pass also rebuilds each removed
+modality from its surrogate factors (``recon_missing``, weighted like the modality's own
+reconstruction), which trains the decoders for generation without the modality.
+Both terms are weighted by ``loss.lambda_missing``. A modality absent in the data itself
+contributes no reconstruction term and no missing-loss target.
 """
 
 from __future__ import annotations
@@ -28,6 +58,7 @@ import torch
 from torch import Tensor, nn
 
 from mfm.config import ModelConfig
+from mfm.data.batch import step_mask
 from mfm.model.decoders import SequenceDecoder
 from mfm.model.encoders import MLP, SequenceEncoder
 from mfm.model.mfn import MemoryFusionNetwork, aligned_view
@@ -101,6 +132,10 @@ class MFM(nn.Module):
             cell=config.cell,
         )
         self.to_zy = nn.Linear(self.mfn.output_size, config.zy)
+        # Surrogate inference of each Z_a,m from the MFN state of the present modalities.
+        self.surrogates = nn.ModuleDict(
+            {n: MLP(self.mfn.output_size, config.surrogate_hidden, m.z) for n, m in mods.items()}
+        )
         self.g_y = MLP(config.zy, config.fy, config.fy, config.fy_dropout)
         self.g = nn.ModuleDict({n: MLP(m.z, m.f, m.f, m.dropout) for n, m in mods.items()})
         self.decoders = nn.ModuleDict(
@@ -144,6 +179,10 @@ class MFM(nn.Module):
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Infer the factors.
 
+        A modality is absent for a sample when its length is 0: its features are never
+        read, ``Z_y`` comes from the MFN over the present modalities, and its ``Z_a,m``
+        is the surrogate inferred from them (see :mod:`mfm.model.mfm`).
+
         Args:
             inputs: modality -> ``(B, T_m, d_m)`` right-padded features.
             lengths: modality -> ``(B,)`` valid lengths; omitted means full length.
@@ -153,14 +192,27 @@ class MFM(nn.Module):
         """
         self.check_inputs(inputs)
         lengths = self._lengths(inputs, lengths)
-        z = {n: self.encoders[n](inputs[n], lengths[n]) for n in self.names}
+        # Padded steps and absent modalities (length 0) are zeroed before anything reads
+        # them, so garbage there (even NaN) cannot reach an output or a gradient.
+        clean = {
+            n: torch.where(step_mask(lengths[n], inputs[n].shape[1]).unsqueeze(-1),
+                           inputs[n], torch.zeros((), dtype=inputs[n].dtype,
+                                                  device=inputs[n].device))
+            for n in self.names
+        }
         views, mask = aligned_view(
-            [inputs[n] for n in self.names],
+            [clean[n] for n in self.names],
             [lengths[n] for n in self.names],
             self.config.alignment,
             self.config.mfn_steps,
         )
-        z_y = self.to_zy(self.mfn(views, mask))
+        state = self.mfn(views, mask)  # (B, H + memory): fused present modalities
+        z_y = self.to_zy(state)
+        z = {}
+        for n in self.names:
+            present = (lengths[n] > 0).unsqueeze(1)
+            own = self.encoders[n](clean[n], lengths[n])
+            z[n] = torch.where(present, own, self.surrogates[n](state))
         return z_y, z
 
     def decode(self, z_y: Tensor, z: Mapping[str, Tensor],
