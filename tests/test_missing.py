@@ -46,10 +46,13 @@ def test_absent_modality_factor_comes_from_the_surrogate() -> None:
     inputs, lengths = random_inputs(sizes, batch=4, steps=5)
     gone = {**lengths, "b": torch.zeros(4, dtype=torch.long)}
     z_y, z = model.encode(inputs, gone)
-    state = model.mfn(*aligned_view([inputs["a"], inputs["b"] * 0],
-                                     [gone["a"], gone["b"]], "aligned", 5))
+    state = model.surrogate_mfn(*aligned_view([inputs["a"], inputs["b"] * 0],
+                                               [gone["a"], gone["b"]], "aligned", 5))
     torch.testing.assert_close(z["b"], model.surrogates["b"](state))
-    torch.testing.assert_close(z_y, model.to_zy(state))
+    torch.testing.assert_close(z_y, model.surrogate_to_zy(state))
+    z_full, own = model.encode(inputs, lengths)  # complete samples: the main path
+    torch.testing.assert_close(own["a"], z["a"])
+    assert not torch.allclose(z_full, z_y)
 
 
 def test_removal_mask_respects_data_and_keeps_one() -> None:

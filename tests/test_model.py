@@ -52,7 +52,9 @@ def test_shapes_forward_backward(num_modalities: int, kind: str) -> None:
         f"mmd_za_{n}" for n in sizes
     }
     terms["loss"].backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    # The surrogate path only runs when a modality is absent (tests/test_missing.py).
+    missing = [n for n, p in model.named_parameters()
+               if p.grad is None and not n.startswith("surrogate")]
     assert not missing, f"parameters without gradient: {missing}"
 
 

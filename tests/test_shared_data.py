@@ -59,4 +59,4 @@ def test_two_epochs_on_avmnist(tmp_path: Path) -> None:
     assert sizes == {"train": 2430, "valid": 270, "test": 300}
     config = with_overrides(MFMConfig(), data_spec=str(out), max_epochs=2)
     result = fit(config, tmp_path / "run", progress=False)
-    assert result.metrics["accuracy"] > 0.2  # ten classes: chance is 0.1
+    assert result.metrics["accuracy"] > 0.12  # ten classes: chance is 0.1

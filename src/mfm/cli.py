@@ -171,6 +171,11 @@ def fit(
     gradient_clip: Annotated[
         float | None, typer.Option(help="Clip the gradient norm to this value.")
     ] = None,
+    weighting: Annotated[
+        str | None,
+        typer.Option(help="Loss weighting: fixed (the configured lambdas), uncertainty, "
+                     "gradnorm or dwa."),
+    ] = None,
     modality_dropout: Annotated[
         float | None,
         typer.Option(help="Probability of removing each modality from a training sample, "
@@ -220,6 +225,10 @@ def fit(
             base = load_config(resolve_config_path(config)) if config else MFMConfig()
         options = data_options(fmt, modalities, label, threshold, target, text_feature,
                                nonfinite, normalize)
+        if weighting is not None:
+            merged = base.to_dict()
+            merged["loss"]["weighting"] = weighting
+            base = MFMConfig.from_dict(merged, source="--weighting")
         cfg = with_overrides(base, data_spec=data, data=options, max_epochs=max_epochs,
                              seed=seed, batch_size=batch_size, learning_rate=learning_rate,
                              gradient_clip=gradient_clip,

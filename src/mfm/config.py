@@ -150,6 +150,18 @@ class LossConfig:
             reconstruction of removed modalities from their surrogates; used when
             ``train.modality_dropout`` removes modalities.
         detach_missing_targets: compare surrogates with detached full-data latents.
+        weighting: how the terms are combined: ``fixed`` (the lambdas above, the paper),
+            ``uncertainty`` (learned log-variances, Kendall et al. 2018), ``gradnorm``
+            (Chen et al. 2018) or ``dwa`` (Liu et al. 2019); see
+            :mod:`mfm.losses.weighting`.
+        weighted_terms: name prefixes of the terms an automatic strategy weights (the rest
+            keep their fixed lambdas); by default the prediction and the reconstructions.
+            MMD terms stay fixed: an MMD estimate can be tiny or (unbiased) negative, which
+            drives learned weights to infinity.
+        uncertainty_positive: the positive variant ``0.5 L / sigma^2 + log(1 + sigma^2)``.
+        gradnorm_alpha: GradNorm's asymmetry.
+        dwa_temperature: DWA's softmax temperature.
+        weighting_lr: learning rate of learnable weights (``null``: Adam's).
     """
 
     recon_weights: dict[str, float] = field(default_factory=dict)
@@ -159,6 +171,12 @@ class LossConfig:
     mmd_estimator: MMDEstimator = "biased"
     lambda_missing: float = 1.0
     detach_missing_targets: bool = True
+    weighting: Literal["fixed", "uncertainty", "gradnorm", "dwa"] = "fixed"
+    weighted_terms: list[str] = field(default_factory=lambda: ["pred", "recon_"])
+    uncertainty_positive: bool = False
+    gradnorm_alpha: float = 1.5
+    dwa_temperature: float = 2.0
+    weighting_lr: float | None = None
 
     def recon_weight(self, name: str) -> float:
         """Return lambda_m of modality ``name``."""
@@ -318,6 +336,10 @@ class MFMConfig:
         for k, v in t.modality_dropout.items():
             checks.append((f"train.modality_dropout.{k}", 0.0 <= v < 1.0, "in [0, 1)"))
         checks.append(("loss.lambda_missing", lo.lambda_missing >= 0, ">= 0"))
+        checks.append(("loss.gradnorm_alpha", lo.gradnorm_alpha >= 0, ">= 0"))
+        checks.append(("loss.dwa_temperature", lo.dwa_temperature > 0, "> 0"))
+        checks.append(("loss.weighting_lr", lo.weighting_lr is None or lo.weighting_lr > 0,
+                       "> 0 or null"))
         checks.append(
             ("train.gradient_clip", t.gradient_clip is None or t.gradient_clip > 0, "> 0 or null")
         )

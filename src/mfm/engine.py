@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from mfm.config import MFMConfig
 from mfm.data.batch import Batch
 from mfm.losses.objective import missing_terms, objective_terms
+from mfm.losses.weighting import Weighting, make_weighting
 from mfm.metrics import MFMMetrics
 from mfm.model.mfm import MFM, MFMOutput
 
@@ -68,6 +69,42 @@ class MFMModule(L.LightningModule):
         self.metrics = nn.ModuleDict(
             {stage: MFMMetrics(out.kind, num_classes) for stage in ("valid", "test")}
         )
+        self.weighting = self._make_weighting()
+        self._epoch_sums: dict[str, Tensor] = {}
+        self._epoch_steps = 0
+
+    def term_names(self) -> list[str]:
+        """Every term the objective can produce, in a fixed order."""
+        names = self.model.names
+        terms = ["pred", *(f"recon_{n}" for n in names), "mmd_zy",
+                 *(f"mmd_za_{n}" for n in names)]
+        if any(self.config.train.dropout_for(n) > 0 for n in names):
+            terms += ["missing", "recon_missing"]
+        return terms
+
+    def _make_weighting(self) -> Weighting:
+        """The loss weighting strategy over the objective's terms (``loss.weighting``)."""
+        loss = self.config.loss
+        fixed: dict[str, float] = {}
+        for term in self.term_names():
+            if term.startswith("recon_") and term != "recon_missing":
+                fixed[term] = loss.recon_weight(term[len("recon_"):])
+            elif term.startswith("mmd_"):
+                fixed[term] = loss.lambda_mmd
+            elif term in ("missing", "recon_missing"):
+                fixed[term] = loss.lambda_missing
+            else:
+                fixed[term] = 1.0
+        if loss.weighting == "fixed":
+            return make_weighting("fixed", [], fixed=fixed)
+        weighted = [t for t in fixed if any(t.startswith(p) for p in loss.weighted_terms)]
+        kinds = {"pred": self.config.model.output.kind} if "pred" in weighted else {}
+        return make_weighting(
+            loss.weighting, weighted, kinds=kinds,
+            fixed={k: v for k, v in fixed.items() if k not in weighted},
+            alpha=loss.gradnorm_alpha, temperature=loss.dwa_temperature,
+            lr=loss.weighting_lr, positive=loss.uncertainty_positive,
+        )
 
     def forward(self, batch: Batch) -> MFMOutput:
         """Run the model on a batch."""
@@ -108,11 +145,19 @@ class MFMModule(L.LightningModule):
         if removed is not None:
             kept = {n: torch.where(removed[n], 0, batch.lengths[n]) for n in batch.lengths}
             dropped = self.model(batch.inputs, kept)
-            extra = missing_terms(output, dropped, removed, batch.inputs, batch.lengths,
-                                  self.config.loss)
-            terms.update(extra)
-            terms["loss"] = terms["loss"] + self.config.loss.lambda_missing * (
-                extra["missing"] + extra["recon_missing"])
+            terms.update(missing_terms(output, dropped, removed, batch.inputs, batch.lengths,
+                                       self.config.loss))
+        shared = None
+        if stage == "train" and self.config.loss.weighting == "gradnorm":
+            shared = self.model.g_y[-1].weight  # the last layer every term depends on
+        raw = {k: v for k, v in terms.items() if k != "loss"}
+        terms["loss"], weights = self.weighting(raw, shared=shared)
+        if stage == "train":
+            self.log_dict({f"weight/{k}": v for k, v in weights.items()}, on_step=False,
+                          on_epoch=True, batch_size=len(batch), sync_dist=True)
+            for name, value in raw.items():
+                self._epoch_sums[name] = self._epoch_sums.get(name, 0) + value.detach()
+            self._epoch_steps += 1
         self.log_dict(
             {f"{stage}/{name}": value.detach() for name, value in terms.items()},
             on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True,
@@ -126,14 +171,19 @@ class MFMModule(L.LightningModule):
         return terms["loss"]
 
     def _check_finite(self, terms: dict[str, Tensor]) -> None:
-        """Stop with a message naming the first non-finite term (all ranks stop together)."""
-        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
+        """Stop with a message naming the first non-finite term (all ranks stop together).
+
+        One host synchronisation per step (on the total); terms are inspected only when
+        the total is not finite.
+        """
+        finite = bool(torch.isfinite(terms["loss"]))
         if self.trainer.world_size > 1:
-            stop = self.trainer.strategy.reduce_boolean_decision(bool(bad), all=False)
+            stop = self.trainer.strategy.reduce_boolean_decision(not finite, all=False)
         else:
-            stop = bool(bad)
+            stop = not finite
         if not stop:
             return
+        bad = [name for name, value in terms.items() if not torch.isfinite(value)]
         named = [b for b in bad if b != "loss"] or bad or ["loss (on another process)"]
         value = terms[named[0]].item() if named[0] in terms else float("nan")
         raise NonFiniteLossError(
@@ -141,6 +191,17 @@ class MFMModule(L.LightningModule):
             f"step {self.global_step}; the last good checkpoint is kept (set "
             "train.gradient_clip, lower the learning rate, or check the data)"
         )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.weighting.renormalise()
+
+    def on_train_epoch_end(self) -> None:
+        if self._epoch_steps:
+            names = sorted(self._epoch_sums)
+            sums = torch.stack([torch.as_tensor(self._epoch_sums[k]) for k in names])
+            means = self.trainer.strategy.reduce(sums / self._epoch_steps, reduce_op="mean")
+            self.weighting.on_epoch_end(dict(zip(names, means.tolist(), strict=True)))
+        self._epoch_sums, self._epoch_steps = {}, 0
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output, _ = self._shared_step(batch, "valid")
@@ -172,9 +233,9 @@ class MFMModule(L.LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """Adam at the configured learning rate and ReduceLROnPlateau on the monitor."""
         train = self.config.train
-        optimizer = torch.optim.Adam(
-            self.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
-        )
+        groups = [{"params": list(self.model.parameters()), "weight_decay": train.weight_decay},
+                  *self.weighting.parameter_groups()]
+        optimizer = torch.optim.Adam(groups, lr=train.learning_rate)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer, mode="min", factor=train.lr_factor, patience=train.lr_patience
         )

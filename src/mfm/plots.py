@@ -45,7 +45,7 @@ def plot_training_curves(log: Path, out: Path) -> Path | None:
     for key in sorted(series):
         stage, _, name = key.partition("/")
         points = sorted(series[key].items())
-        if not points or stage not in ("train", "valid"):
+        if not points or stage not in ("train", "valid") or key.startswith("weight/"):
             continue
         xs, ys = zip(*points, strict=True)
         if name.startswith(terms):
@@ -65,6 +65,31 @@ def plot_training_curves(log: Path, out: Path) -> Path | None:
     right.set_ylabel("metric value")
     right.set_title("Validation metrics")
     right.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def plot_loss_weights(log: Path, out: Path) -> Path | None:
+    """Draw each term's effective weight per epoch (the ``weight/`` columns of the log).
+
+    Returns the PNG path, or ``None`` when the log has no weights.
+    """
+    if not log.is_file():
+        return None
+    series = {k: v for k, v in read_epoch_log(log).items() if k.startswith("weight/")}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, key in enumerate(sorted(series)):
+        xs, ys = zip(*sorted(series[key].items()), strict=True)
+        ax.plot(xs, ys, marker="o", markersize=3, color=f"C{i % 10}", label=key[len("weight/"):])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("weight (multiplier of the raw term)")
+    ax.set_yscale("log")
+    ax.set_title("Loss weights over epochs")
+    ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)

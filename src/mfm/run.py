@@ -8,6 +8,7 @@ A fit writes into its output directory::
     logs/metrics.csv         every loss term and metric per epoch (Lightning CSVLogger)
     tensorboard/             the same for TensorBoard, when it is installed
     curves.png               loss terms and validation metrics over epochs
+    weights.png              each loss term's weight over epochs
     metrics.json             test metrics (flat) and validation metrics under valid/
 
 Everything that can be checked before training (configuration, data, output directory)
@@ -69,7 +70,8 @@ _NOISY_WARNINGS = (
 )
 
 # Files and folders a fit writes; --overwrite removes exactly these before a new run.
-RUN_FILES = ("config.yaml", "metrics.json", "curves.png", "checkpoints", "logs", "tensorboard")
+RUN_FILES = ("config.yaml", "metrics.json", "curves.png", "weights.png", "checkpoints", "logs",
+             "tensorboard")
 
 
 @contextmanager
@@ -195,11 +197,17 @@ def make_trainer(
 ) -> L.Trainer:
     """A Trainer with the project's conventions (deterministic, atomic checkpoints)."""
     train = config.train
+    chosen: Any = strategy
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # The surrogate path (and GradNorm's weights) take part only in some steps.
+        chosen = DDPStrategy(find_unused_parameters=True)
     return L.Trainer(
         max_epochs=train.max_epochs,
         accelerator=accelerator,
         devices=devices,
-        strategy=strategy,
+        strategy=chosen,
         num_nodes=num_nodes,
         logger=_loggers(output) if output is not None else False,
         callbacks=callbacks or [],
@@ -297,9 +305,10 @@ def fit(
         metrics = _score(trainer, module, datamodule, "best")
     if trainer.is_global_zero:
         write_metrics(metrics, output / "metrics.json")
-        from mfm.plots import plot_training_curves
+        from mfm.plots import plot_loss_weights, plot_training_curves
 
         plot_training_curves(output / "logs" / "metrics.csv", output / "curves.png")
+        plot_loss_weights(output / "logs" / "metrics.csv", output / "weights.png")
     return FitResult(output, metrics, Path(checkpoint.best_model_path),
                      output / "checkpoints" / "last.ckpt", trainer.current_epoch)
 

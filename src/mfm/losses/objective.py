@@ -117,23 +117,21 @@ def missing_terms(
         ``recon_missing`` (weighted reconstruction error of each removed modality rebuilt
         from its surrogate factors); 0-d tensors, 0 when nothing was removed.
     """
-    zero = full.z_y.new_zeros(())
-
     def target(t: Tensor) -> Tensor:
         return t.detach() if loss.detach_missing_targets else t
 
-    lost = torch.zeros_like(next(iter(removed.values())))
-    for mask in removed.values():
-        lost = lost | mask
-    missing = zero
-    if lost.any():
-        missing = F.mse_loss(dropped.z_y[lost], target(full.z_y[lost]))
-    recon = zero
+    def masked_rows_mse(pred: Tensor, truth: Tensor, rows: Tensor) -> Tensor:
+        # Mean squared error over the selected rows; 0 when none (no host synchronisation).
+        weights = rows.to(pred.dtype).unsqueeze(1)
+        total = (((pred - truth) ** 2) * weights).sum()
+        return total / (weights.sum() * pred.shape[1]).clamp(min=1.0)
+
+    lost = torch.stack(list(removed.values()), dim=1).any(dim=1)  # (B,)
+    missing = masked_rows_mse(dropped.z_y, target(full.z_y), lost)
+    recon = full.z_y.new_zeros(())
     for name, mask in removed.items():
-        if not mask.any():
-            continue
-        missing = missing + F.mse_loss(dropped.z[name][mask], target(full.z[name][mask]))
-        rebuilt = dropped.reconstructions[name][mask]
-        term = masked_mse(rebuilt, inputs[name][mask], lengths[name][mask])
+        missing = missing + masked_rows_mse(dropped.z[name], target(full.z[name]), mask)
+        kept_lengths = torch.where(mask, lengths[name], 0)  # only removed samples count
+        term = masked_mse(dropped.reconstructions[name], inputs[name], kept_lengths)
         recon = recon + loss.recon_weight(name) * term
     return {"missing": missing, "recon_missing": recon}

@@ -20,13 +20,14 @@ Missing modalities: surrogate inference for any subset
 
 A modality is *absent* for a sample when its length is 0 (the batch's presence mask is
 ``lengths > 0``). Its tensor is zeroed before anything reads it, so whatever it holds
-cannot change an output. Then, for every absent modality ``m``:
+cannot change an output. A sample missing any modality is encoded by the *surrogate
+path*, one network for every subset:
 
-* ``Z_y`` is inferred from the present modalities alone: the MFN masks the absent
-  modality's cell at every step (its state stays at zero, the memory fuses the others);
-  no separate network per subset is needed;
-* ``Z_a,m`` is the *surrogate* ``S_m(u)``: an MLP reading the MFN's final state ``u``
-  (``[h_1 .. h_M, memory]`` over the present modalities);
+* a surrogate MFN (same shape as the main one, its own weights) reads the present
+  modalities, the absent ones masked at every step (their cells stay at zero, the memory
+  fuses the others), giving a final state ``u``; ``Z_y = W_s u``;
+* each absent modality's ``Z_a,m`` is ``S_m(u)``, a small MLP; present modalities keep
+  their own encoders' ``Z_a,m``;
 * ``X_m`` is rebuilt by its decoder from ``[G_y(Z_y), G_m(S_m(u))]``, and ``Y`` predicted
   from ``G_y(Z_y)`` as usual.
 
@@ -39,7 +40,9 @@ full ``Z_y`` over samples that lost a modality, plus, for each removed modality,
 its surrogate ``Z_a,m`` and the ``Z_a,m`` its own encoder gave in the full pass. The
 full-pass latents are the targets and are detached by default
 (``loss.detach_missing_targets``), so the surrogates learn to imitate the encoders rather
-than the encoders to imitate the surrogates. The second pass also rebuilds each removed
+than the encoders to imitate the surrogates; and because the surrogate path has its own
+MFN, training it never disturbs the full path (a shared MFN chasing its own detached
+output was measured to diverge). The second pass also rebuilds each removed
 modality from its surrogate factors (``recon_missing``, weighted like the modality's own
 reconstruction), which trains the decoders for generation without the modality.
 Both terms are weighted by ``loss.lambda_missing``. A modality absent in the data itself
@@ -132,7 +135,19 @@ class MFM(nn.Module):
             cell=config.cell,
         )
         self.to_zy = nn.Linear(self.mfn.output_size, config.zy)
-        # Surrogate inference of each Z_a,m from the MFN state of the present modalities.
+        # Surrogate inference for samples with absent modalities: a second MFN of the same
+        # shape fuses the present modalities; Z_y and each absent Z_a,m come from its state.
+        self.surrogate_mfn = MemoryFusionNetwork(
+            input_sizes=[self.input_sizes[n] for n in self.names],
+            hidden_sizes=[mods[n].hidden for n in self.names],
+            memory=config.memory,
+            attention_hidden=config.attention_hidden,
+            attention_dropout=config.attention_dropout,
+            gate_hidden=config.gate_hidden,
+            gate_dropout=config.gate_dropout,
+            cell=config.cell,
+        )
+        self.surrogate_to_zy = nn.Linear(self.mfn.output_size, config.zy)
         self.surrogates = nn.ModuleDict(
             {n: MLP(self.mfn.output_size, config.surrogate_hidden, m.z) for n, m in mods.items()}
         )
@@ -206,13 +221,19 @@ class MFM(nn.Module):
             self.config.alignment,
             self.config.mfn_steps,
         )
-        state = self.mfn(views, mask)  # (B, H + memory): fused present modalities
-        z_y = self.to_zy(state)
+        z_y = self.to_zy(self.mfn(views, mask))  # (B, zy)
+        present = {n: (lengths[n] > 0).unsqueeze(1) for n in self.names}
+        incomplete = ~torch.stack([present[n].squeeze(1) for n in self.names], 1).all(1)
+        state = None
+        if bool(incomplete.any()):
+            # The surrogate MFN fuses the present modalities of incomplete samples.
+            state = self.surrogate_mfn(views, mask)  # (B, H + memory)
+            z_y = torch.where(incomplete.unsqueeze(1), self.surrogate_to_zy(state), z_y)
         z = {}
         for n in self.names:
-            present = (lengths[n] > 0).unsqueeze(1)
             own = self.encoders[n](clean[n], lengths[n])
-            z[n] = torch.where(present, own, self.surrogates[n](state))
+            z[n] = own if state is None else torch.where(present[n], own,
+                                                          self.surrogates[n](state))
         return z_y, z
 
     def decode(self, z_y: Tensor, z: Mapping[str, Tensor],
