@@ -98,11 +98,17 @@ def run_worker(
     The worker's stdout and stderr go to ``log`` when given. Raises ``RuntimeError`` with the
     tail of the output when the worker fails or prints no result.
     """
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    load = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.run(
         list(cmd), env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO_DIR
     )
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - usage.ru_utime) + (after.ru_stime - usage.ru_stime)
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         log.write_text(f"$ {' '.join(cmd)}\n--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
@@ -114,6 +120,11 @@ def run_worker(
         tail = "\n".join((proc.stdout + "\n" + proc.stderr).strip().splitlines()[-25:])
         raise RuntimeError(f"worker {cmd[1:3]} failed (exit {proc.returncode}):\n{tail}")
     result["wall_s"] = wall
+    # Contention indicators: CPU seconds the worker got per wall second, and the 1-minute
+    # load average before and after it (the worker's own threads included in "after").
+    result["cpu_per_wall"] = cpu / wall if wall > 0 else float("nan")
+    result["loadavg_before"] = round(load[0], 2)
+    result["loadavg_after"] = round(os.getloadavg()[0], 2)
     return result
 
 

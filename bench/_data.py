@@ -12,7 +12,7 @@ MMSA pickle): ``{"train" | "valid" | "test": split}``, each split a dict with
 * ``id`` ``(N,)`` strings ``"video$_$clip"`` and ``raw_text`` ``(N,)`` strings.
 
 Generative story for sample ``i``: a shared factor ``s_i ~ N(0, I_4)`` sets the label
-``y_i = clip(round5(w . s_i + 0.3 e_i), -3, 3)`` (``||w|| = 1.5``) and appears in every
+``y_i = clip(round5(w . s_i + 0.5 e_i), -3, 3)`` (``||w|| = 1.5``) and appears in every
 modality; a private factor ``p_{i,m} ~ N(0, I_4)`` appears in modality ``m`` only. Valid
 step ``t`` of modality ``m`` is ``a_m(t) A_m s_i + b_m(t) B_m p_{i,m} + sigma_m e``, with
 fixed random loadings and slowly varying sinusoidal profiles ``a_m``, ``b_m`` whose phase
@@ -48,7 +48,7 @@ class SyntheticSpec:
 
 
 # Per-modality scale of the shared signal, of the private nuisance, and of the noise.
-_SIGNAL = {"text": 0.06, "audio": 0.45, "vision": 0.3}
+_SIGNAL = {"text": 0.04, "audio": 0.45, "vision": 0.3}
 _PRIVATE = {"text": 0.06, "audio": 0.45, "vision": 0.3}
 _NOISE = {"text": 0.5, "audio": 1.0, "vision": 1.0}
 _SHARED = 4
@@ -59,7 +59,7 @@ def _split(spec: SyntheticSpec, name: str, n: int, rng: np.random.Generator,
            loadings: dict[str, tuple[np.ndarray, np.ndarray]], w: np.ndarray) -> dict:
     t_steps = spec.steps
     s = rng.standard_normal((n, _SHARED))
-    labels = s @ w + 0.3 * rng.standard_normal(n)
+    labels = s @ w + 0.5 * rng.standard_normal(n)
     labels = np.clip(np.round(labels * 5.0) / 5.0, -3.0, 3.0).astype(np.float32)
     lengths = rng.integers(spec.min_length, t_steps + 1, size=n).astype(np.int64)
     phase = rng.uniform(0.0, 2.0 * np.pi, size=(n, 1))

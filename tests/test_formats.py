@@ -668,3 +668,34 @@ def test_column_target_on_single_column_labels_is_refused(tmp_path: Path) -> Non
     np.savez(path, **arrays)
     with pytest.raises(DataError, match="5"):
         load(_raw_cfg(path, target="5"))
+
+
+def test_mmsa_pickle_padded_at_the_front_is_read_from_its_first_valid_step(
+    tmp_path: Path,
+) -> None:
+    """MMSA-layout files padded at the front (with audio_lengths) keep their valid steps."""
+    import pickle
+
+    rng = np.random.default_rng(7)
+    splits = {}
+    for split in ("train", "valid", "test"):
+        n, steps = 4, 6
+        lengths = np.array([6, 3, 2, 5])
+        audio = np.zeros((n, steps, 2), np.float32)
+        text = np.zeros((n, steps, 3), np.float32)
+        for i, length in enumerate(lengths):
+            audio[i, steps - length:] = rng.standard_normal((length, 2)) + 5
+            text[i, steps - length:] = rng.standard_normal((length, 3)) + 5
+        splits[split] = {"text": text, "audio": audio, "vision": audio.copy(),
+                         "audio_lengths": lengths, "vision_lengths": lengths,
+                         "regression_labels": rng.standard_normal(n).astype(np.float32)}
+    path = tmp_path / "front.pkl"
+    path.write_bytes(pickle.dumps(splits))
+    data = load(DataConfig(spec=str(path), normalize=False))
+    split = data["train"]
+    assert split.lengths["audio"].tolist() == [6, 3, 2, 5]
+    assert split.lengths["text"].tolist() == [6, 3, 2, 5]
+    original = splits["train"]["audio"]
+    for i, length in enumerate([6, 3, 2, 5]):
+        assert np.allclose(split.features["audio"][i, :length].numpy(), original[i, 6 - length:])
+        assert split.features["audio"][i, length:].abs().sum() == 0

@@ -93,7 +93,7 @@ def test_mmsa_round_trip(tmp_path: Path, protocol: int | None) -> None:
     raw = read_pickle(path)
     assert raw.name == "aligned_50"
     assert raw.source == str(path)
-    assert raw.padding == "right"
+    assert raw.padding == "auto"
     assert list(raw.splits) == list(SPLITS)
     for name, split in raw.splits.items():
         src = data[name]
@@ -304,8 +304,8 @@ def test_auto_detection_and_explicit_flavour(tmp_path: Path) -> None:
     rng = np.random.default_rng(30)
     mmsa = _dump(_mmsa(rng), tmp_path / "mmsa.pkl")
     multibench = _dump(_multibench(rng), tmp_path / "mb.pkl")
-    assert read_pickle(mmsa).padding == "right"
-    assert read_pickle(mmsa, flavour="mmsa").padding == "right"
+    assert read_pickle(mmsa).padding == "auto"
+    assert read_pickle(mmsa, flavour="mmsa").padding == "auto"
     assert read_pickle(multibench).padding == "left"
     assert read_pickle(multibench, flavour="multibench").padding == "left"
     # A layout forced onto the other one's file reports the missing key.

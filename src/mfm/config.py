@@ -52,6 +52,8 @@ class ModalityConfig:
         dropout: dropout inside G_m (Z_a,m -> F_m).
         decoder_hidden: hidden size of the LSTM decoder that rebuilds this modality;
             ``None`` means the same as ``hidden``.
+        encoder_hidden: hidden size of the private LSTM encoder (Z_a,m); ``None`` means
+            the same as ``hidden``.
     """
 
     hidden: int = 32
@@ -59,6 +61,7 @@ class ModalityConfig:
     f: int = 16
     dropout: float = 0.2
     decoder_hidden: int | None = None
+    encoder_hidden: int | None = None
 
 
 @dataclass
@@ -298,10 +301,10 @@ class MFMConfig:
         ]:
             for attr in ("hidden", "z", "f"):
                 checks.append((f"model.{name}.{attr}", getattr(mod, attr) >= 1, ">= 1"))
-            checks.append(
-                (f"model.{name}.decoder_hidden",
-                 mod.decoder_hidden is None or mod.decoder_hidden >= 1, ">= 1 or null")
-            )
+            for attr in ("decoder_hidden", "encoder_hidden"):
+                value = getattr(mod, attr)
+                checks.append((f"model.{name}.{attr}", value is None or value >= 1,
+                               ">= 1 or null"))
             checks.append((f"model.{name}.dropout", 0.0 <= mod.dropout < 1.0, "in [0, 1)"))
         for attr in ("zy", "fy", "memory", "attention_hidden", "gate_hidden", "mfn_steps",
                      "surrogate_hidden"):

@@ -12,7 +12,8 @@ names the file and key:
    within ``[0, T]``;
 4. non-finite values: counted per modality and split; ``nonfinite=error`` refuses them,
    ``zero`` replaces them with 0 and warns;
-5. lengths: given, or inferred from all-zero padding steps on the side the format says
+5. lengths: given (with ``auto`` padding the span starts at the first non-zero step), or
+   inferred from all-zero padding steps on the side the format says
    (``auto``: leading and trailing all-zero steps are both padding, as real MFN releases
    use either side); when the modalities share a padded length (word-aligned data) a step
    is padding only when it is zero in every modality, so they keep one timeline; then
@@ -327,14 +328,22 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
                 x = np.where(bad, np.float32(0), x)
             xs[name] = x
             given[name] = _lengths_of(raw, split, split_name, name, x)
-        to_infer = {k: v for k, v in xs.items() if given[k] is None}
+        to_infer = {k: v for k, v in xs.items() if given[k] is None or raw.padding == "auto"}
         joint = len({v.shape[1] for v in xs.values()}) == 1
         spans = _infer_spans(to_infer, raw.padding, joint)
         for name in names:
             n = given[name]
-            if n is not None:
-                offset = xs[name].shape[1] - n if raw.padding == "left" else np.zeros_like(n)
-                spans[name] = (offset, n)
+            if n is None:
+                continue
+            steps_m = xs[name].shape[1]
+            if raw.padding == "left":
+                offset = steps_m - n
+            elif raw.padding == "auto":
+                # Given lengths, unknown side: the span starts at the first non-zero step.
+                offset = np.clip(spans[name][0], 0, steps_m - n)
+            else:
+                offset = np.zeros_like(n)
+            spans[name] = (offset, n)
         xs = {k: _to_front(v, *spans[k]) for k, v in xs.items()}
         lengths = {k: spans[k][1] for k in names}
         if split.ids is not None and len(split.ids) != size:

@@ -122,7 +122,8 @@ class MFM(nn.Module):
         self.input_sizes = {k: int(v) for k, v in input_sizes.items()}
         mods = {name: config.modality(name) for name in self.names}
         self.encoders = nn.ModuleDict(
-            {n: SequenceEncoder(self.input_sizes[n], mods[n].hidden, mods[n].z) for n in mods}
+            {n: SequenceEncoder(self.input_sizes[n], mods[n].encoder_hidden or mods[n].hidden,
+                                mods[n].z) for n in mods}
         )
         self.mfn = MemoryFusionNetwork(
             input_sizes=[self.input_sizes[n] for n in self.names],

@@ -215,14 +215,19 @@ class MemoryFusionNetwork(nn.Module):
         h = x_gates.new_zeros(batch, total)
         c = x_gates.new_zeros(batch, total)
         u = x_gates.new_zeros(batch, self.memory_size)
+        # Per-step views taken once: slicing inside the loop would make autograd zero-fill
+        # and accumulate a full-size gradient for every step.
+        x_steps = x_gates.unbind(1)
+        active_steps = cell_mask.unbind(1)
+        any_steps = any_mask.unbind(1)
         for t in range(steps):
-            gates = torch.addmm(x_gates[:, t], h, weight)
+            gates = torch.addmm(x_steps[t], h, weight)
             if self.memory_proj is not None:
                 gates = gates + self.memory_proj(u)
             i, f, g, o = gates.chunk(4, dim=1)
             c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
             h_new = torch.sigmoid(o) * torch.tanh(c_new)
-            active = cell_mask[:, t]
+            active = active_steps[t]
             c_new = torch.where(active, c_new, c)
             h_new = torch.where(active, h_new, h)
             c_star = torch.cat([c, c_new], dim=1)  # (B, 2H)
@@ -231,6 +236,6 @@ class MemoryFusionNetwork(nn.Module):
             hidden = self.gates_drop(torch.relu(self.gates_in(torch.cat([attended, u], dim=1))))
             gate1 = torch.sigmoid(self.gate1_out(hidden[:, : self.gate_hidden]))
             gate2 = torch.sigmoid(self.gate2_out(hidden[:, self.gate_hidden :]))
-            u = torch.where(any_mask[:, t], gate1 * u + gate2 * candidate, u)
+            u = torch.where(any_steps[t], gate1 * u + gate2 * candidate, u)
             h, c = h_new, c_new
         return torch.cat([h, u], dim=1)

@@ -253,7 +253,7 @@ def _is_token_ids(x: np.ndarray) -> bool:
 def _mmsa_split(
     split: Mapping[str, Any], path: Path, name: str, text_feature: str | None
 ) -> RawSplit:
-    """Map one MMSA split dict onto a :class:`RawSplit` (padding on the right)."""
+    """Map one MMSA split dict onto a :class:`RawSplit` (padding on either side)."""
     text_key = text_feature or "text"
     if text_feature is not None and text_feature not in split:
         text_like = [str(k) for k in split if str(k).startswith("text")]
@@ -346,7 +346,8 @@ def read_pickle(path: Path, *, flavour: str = "auto", text_feature: str | None =
     Returns:
         ``RawData`` with modalities ``text``, ``audio``, ``vision`` (arrays as stored,
         e.g. ``(N, T, d)``), labels ``(N,)`` (or ``(N, k)``), the splits present in the
-        file, padding ``right`` (MMSA) or ``left`` (MultiBench) and ``name`` the stem.
+        file, padding ``auto`` (MMSA: either side) or ``left`` (MultiBench) and ``name`` the
+        stem.
 
     Raises:
         DataError: unsafe or unreadable pickle, wrong top level, missing key, unknown
@@ -386,5 +387,7 @@ def read_pickle(path: Path, *, flavour: str = "auto", text_feature: str | None =
         "multibench": lambda split, name: _multibench_split(split, path, name),
     }
     splits = {name: mappers[flavour](top[name], name) for name in names}
-    padding = "right" if flavour == "mmsa" else "left"
+    # MMSA releases pad at the end, but MMSA-layout files padded at the front exist (and
+    # MMSA's own model only works on those): "auto" finds each sample's span either way.
+    padding = "auto" if flavour == "mmsa" else "left"
     return RawData(str(path), splits, padding, name=path.stem)  # type: ignore[arg-type]

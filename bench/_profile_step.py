@@ -1,0 +1,124 @@
+"""Where one ``mfm`` training step spends its time (MOSI shapes, ``mosi-mmsa`` preset).
+
+Usage: ``.venv/bin/python bench/_profile_step.py [--threads 1] [--batch 64]``
+
+Prints (1) the wall time of a whole step (forward, objective, backward, Adam) and of the
+forward + backward of each part on its own (MFN, private encoders, decoders), and (2) the
+``torch.profiler`` table of the top operators by self CPU time over a few steps, grouped by
+input shape. (3) Shows the cost of the MFN loop's per-step slicing ``x[:, t]`` in backward
+against ``unbind``, on a tensor of the MFN's gate shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common  # noqa: E402
+
+
+def _timed(fn: Callable[[], Any], reps: int) -> float:
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return _common.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--reps", type=int, default=5)
+    args = parser.parse_args(argv)
+    _common.pin_threads(args.threads)
+    import infer
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from mfm.losses.objective import objective_terms
+    from mfm.model.mfn import aligned_view
+
+    _common.pin_threads(args.threads)
+    torch.manual_seed(0)
+    model, config = infer.build(args.steps)
+    model.train()
+    inputs, lengths = infer.make_inputs(args.batch, args.steps)
+    target = torch.randn(args.batch).clamp(-3, 3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    names = model.names
+
+    def step() -> None:
+        output = model(inputs, lengths)
+        terms = objective_terms(output, inputs, lengths, target, config.loss,
+                                config.model.output)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+
+    views, mask = aligned_view([inputs[n] for n in names], [lengths[n] for n in names],
+                               config.model.alignment, config.model.mfn_steps)
+
+    def mfn_part() -> None:
+        model.zero_grad(set_to_none=True)
+        model.mfn(views, mask).sum().backward()
+
+    def encoders_part() -> None:
+        model.zero_grad(set_to_none=True)
+        sum(model.encoders[n](inputs[n], lengths[n]).sum() for n in names).backward()
+
+    code = {n: torch.randn(args.batch, config.model.fy + config.model.modality(n).f)
+            for n in names}
+
+    def decoders_part() -> None:
+        model.zero_grad(set_to_none=True)
+        sum(model.decoders[n](code[n], args.steps).sum() for n in names).backward()
+
+    rows = []
+    whole = _timed(step, args.reps)
+    rows.append(["whole training step", whole * 1e3, 100.0])
+    for label, fn in (("MFN forward+backward", mfn_part),
+                      ("private encoders forward+backward", encoders_part),
+                      ("decoders forward+backward", decoders_part)):
+        t = _timed(fn, args.reps)
+        rows.append([label, t * 1e3, 100.0 * t / whole])
+    print(f"batch {args.batch}, {args.steps} steps, dims 768/5/20, mosi-mmsa preset, "
+          f"{args.threads} thread(s), torch {torch.__version__}; median of {args.reps}:")
+    print(_common.table(["part", "ms", "% of step"], rows))
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(3):
+            step()
+    print("\nTop operators of 3 training steps by self CPU time:")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+    print(prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=34,
+        max_shapes_column_width=60))
+
+    gates = torch.randn(args.batch, args.steps, 4 * model.mfn.total_hidden, requires_grad=True)
+
+    def sliced() -> None:
+        gates.grad = None
+        sum(gates[:, t].sum() for t in range(args.steps)).backward()
+
+    def unbound() -> None:
+        gates.grad = None
+        sum(x.sum() for x in gates.unbind(1)).backward()
+
+    print(f"\nbackward of reading a {tuple(gates.shape)} tensor step by step: "
+          f"x[:, t] {_timed(sliced, args.reps) * 1e3:.1f} ms, "
+          f"x.unbind(1) {_timed(unbound, args.reps) * 1e3:.1f} ms")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
