@@ -241,6 +241,10 @@ def fit(
         raise _fail(str(exc)) from None
     except NonFiniteLossError as exc:
         raise _fail(str(exc), code=3) from None
+    from mfm.run import is_rank_zero
+
+    if not is_rank_zero():
+        return  # other DDP processes stay quiet
     console = Console()
     console.print(metrics_table(result.metrics, f"{cfg.data.spec}: best checkpoint"))
     console.print(f"run written to {result.output} (best: {result.best_checkpoint.name}, "

@@ -67,6 +67,10 @@ _NOISY_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     r".*Experiment logs directory .* exists and is not empty.*",
     r".*is not a registered Tensor.*",
+    # Metrics are gathered by torchmetrics before they are logged, so sync_dist is not needed.
+    r".*It is recommended to use `self.log\(.*sync_dist=True.*",
+    # MFMMetrics counts a sample repeated by the DistributedSampler once (by its index).
+    r".*Using `DistributedSampler` with the dataloaders.*",
 )
 
 # Files and folders a fit writes; --overwrite removes exactly these before a new run.
