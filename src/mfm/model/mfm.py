@@ -125,29 +125,11 @@ class MFM(nn.Module):
             {n: SequenceEncoder(self.input_sizes[n], mods[n].encoder_hidden or mods[n].hidden,
                                 mods[n].z) for n in mods}
         )
-        self.mfn = MemoryFusionNetwork(
-            input_sizes=[self.input_sizes[n] for n in self.names],
-            hidden_sizes=[mods[n].hidden for n in self.names],
-            memory=config.memory,
-            attention_hidden=config.attention_hidden,
-            attention_dropout=config.attention_dropout,
-            gate_hidden=config.gate_hidden,
-            gate_dropout=config.gate_dropout,
-            cell=config.cell,
-        )
+        self.mfn = self._make_mfn()
         self.to_zy = nn.Linear(self.mfn.output_size, config.zy)
         # Surrogate inference for samples with absent modalities: a second MFN of the same
         # shape fuses the present modalities; Z_y and each absent Z_a,m come from its state.
-        self.surrogate_mfn = MemoryFusionNetwork(
-            input_sizes=[self.input_sizes[n] for n in self.names],
-            hidden_sizes=[mods[n].hidden for n in self.names],
-            memory=config.memory,
-            attention_hidden=config.attention_hidden,
-            attention_dropout=config.attention_dropout,
-            gate_hidden=config.gate_hidden,
-            gate_dropout=config.gate_dropout,
-            cell=config.cell,
-        )
+        self.surrogate_mfn = self._make_mfn()
         self.surrogate_to_zy = nn.Linear(self.mfn.output_size, config.zy)
         self.surrogates = nn.ModuleDict(
             {n: MLP(self.mfn.output_size, config.surrogate_hidden, m.z) for n, m in mods.items()}
@@ -163,6 +145,20 @@ class MFM(nn.Module):
         )
         out = config.output
         self.head = MLP(config.fy, out.hidden or config.fy, out.size, out.dropout)
+
+    def _make_mfn(self) -> MemoryFusionNetwork:
+        """An MFN over this model's modalities, sized by its configuration."""
+        config = self.config
+        return MemoryFusionNetwork(
+            input_sizes=[self.input_sizes[n] for n in self.names],
+            hidden_sizes=[config.modality(n).hidden for n in self.names],
+            memory=config.memory,
+            attention_hidden=config.attention_hidden,
+            attention_dropout=config.attention_dropout,
+            gate_hidden=config.gate_hidden,
+            gate_dropout=config.gate_dropout,
+            cell=config.cell,
+        )
 
     def _lengths(self, inputs: Mapping[str, Tensor],
                  lengths: Mapping[str, Tensor] | None) -> dict[str, Tensor]:
