@@ -514,9 +514,3 @@ def robustness(
         _, data = _data_for(module, data_spec, data_options)
         report = rb.evaluate(module, data, split, seed=module.config.train.seed)
     return report, rb.write_report(report, Path(output))
-
-
-def describe(module: torch.nn.Module) -> str:
-    """One line: the number of trainable parameters."""
-    count = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return f"{count:,} trainable parameters"

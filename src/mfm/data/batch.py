@@ -8,9 +8,9 @@ Conventions used everywhere in :mod:`mfm`:
   ``[0, T_m]``;
 * inside a :class:`Batch` the valid steps come first and padding trails
   ("right padding"). Data padded at the front (the MFN, MultiBench and many COVAREP
-  releases pad with leading zeros) is moved into that layout once, by
-  :func:`to_right_padded`, when a dataset is built, so the model never has to know
-  which side the padding was on.
+  releases pad with leading zeros) is moved into that layout once, when data is loaded
+  (:mod:`mfm.data.prepare`; :meth:`Batch.from_padded` for tensors built by hand), so the
+  model never has to know which side the padding was on.
 """
 
 from __future__ import annotations
