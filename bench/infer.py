@@ -4,15 +4,15 @@ The model is built from the ``mosi-mmsa`` preset for aligned CMU-MOSI shapes (50
 text/audio/vision 768/5/20), put in eval mode, and run under ``torch.no_grad()`` on
 random inputs with ragged lengths, at batch 1 and batch 256. Two paths are timed:
 
-* ``forward``: ``MFM.forward`` (what ``MFMModule.predict_step`` and ``mfm predict`` run):
-  every encoder, the decoders and the head;
-* ``predict-only``: only what a prediction needs (the MFN over the aligned view, Z_y,
-  F_y and the head), assembled here from the model's public submodules, to show what a
-  prediction path that skips reconstruction would gain. Its output is checked against
+* ``forward``: ``MFM.forward`` (what a validation or test pass runs): every encoder, the
+  decoders and the heads;
+* ``predict-only``: ``MFM.predict`` (what ``MFMModule.predict_step`` and ``mfm predict``
+  run): the encoders and the heads, no decoders. Its output is checked against
   ``forward``'s prediction.
 
 Repetitions alternate between the paths; the median time per call gives samples/s.
-The last line is ``infer_samples_per_s_batch256=R`` (``forward`` path).
+The last line is ``infer_samples_per_s_batch256=R`` (``predict-only`` path, what
+``mfm predict`` runs).
 """
 
 from __future__ import annotations
@@ -54,14 +54,8 @@ def make_inputs(batch: int, steps: int, seed: int = 0) -> tuple[dict[str, Any], 
 
 
 def predict_only(model: Any, inputs: dict[str, Any], lengths: dict[str, Any]) -> Any:
-    """Prediction without the private encoders, surrogates and decoders."""
-    from mfm.model.mfn import aligned_view
-
-    names = model.names
-    views, mask = aligned_view([inputs[n] for n in names], [lengths[n] for n in names],
-                               model.config.alignment, model.config.mfn_steps)
-    f_y = model.g_y(model.to_zy(model.mfn(views, mask)))
-    return model.head(f_y).squeeze(-1)
+    """The first target's prediction by ``MFM.predict`` (no decoders)."""
+    return next(iter(model.predict(inputs, lengths).values()))
 
 
 def measure(model: Any, batch: int, steps: int, budget_s: float, min_reps: int
@@ -97,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Prediction throughput of mfm (MOSI shapes, eval mode, no grad) at batch "
                     "1 and 256.",
-        epilog="The last line is infer_samples_per_s_batch256=R (forward path).",
+        epilog="The last line is infer_samples_per_s_batch256=R (predict-only path).",
     )
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes, a few seconds; prints no timing claims")
@@ -140,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mfm prediction, mosi-mmsa preset ({params:,} parameters), {steps} steps, dims "
           f"768/5/20, eval mode, torch.no_grad(), {args.threads} threads; median per call:")
     print(text)
-    last = results[-1]["forward"]["samples_per_s"]
+    last = results[-1]["predict-only"]["samples_per_s"]
     _common.write_json(out, {
         "benchmark": "infer",
         "quick": args.quick,

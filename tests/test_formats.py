@@ -699,3 +699,38 @@ def test_mmsa_pickle_padded_at_the_front_is_read_from_its_first_valid_step(
     for i, length in enumerate([6, 3, 2, 5]):
         assert np.allclose(split.features["audio"][i, :length].numpy(), original[i, 6 - length:])
         assert split.features["audio"][i, length:].abs().sum() == 0
+
+
+def test_mmsa_chsims_unimodal_labels_map_onto_several_targets(tmp_path: Path) -> None:
+    raw, _ = _mmsa(np.random.default_rng(22))
+    path = _dump(raw, tmp_path / "sims.pkl")
+    spec = ("M=regression_labels,T=regression_labels_T,A=regression_labels_A,"
+            "V=regression_labels_V")
+    data = load(_raw_cfg(path, target=spec))
+    assert data.info.targets == {k: ("regression", 1) for k in "MTAV"}
+    for split in SPLITS:
+        targets = data[split].targets
+        assert targets is not None
+        for name, key in zip("MTAV", ["regression_labels", "regression_labels_T",
+                                      "regression_labels_A", "regression_labels_V"],
+                             strict=True):
+            np.testing.assert_allclose(targets[name].numpy(),
+                                       raw[split][key].astype(np.float32))
+
+
+def test_mfn_label_columns_map_onto_several_targets(tmp_path: Path) -> None:
+    folder = tmp_path / "mfn"
+    _mfn_folder(folder, np.random.default_rng(23))
+    rng = np.random.default_rng(24)
+    columns = {}
+    for split in SPLITS:
+        columns[split] = rng.normal(size=(SIZES[split], 3)).astype(np.float32)
+        _write_d1(folder / f"y_{split}.h5", columns[split])
+    data = load(_raw_cfg(folder, target="all"))
+    assert list(data.info.targets) == ["y0", "y1", "y2"]
+    for split in SPLITS:
+        for k in range(3):
+            np.testing.assert_allclose(data[split].targets[f"y{k}"].numpy(),  # type: ignore[index]
+                                       columns[split][:, k])
+    with pytest.raises(DataError, match="choose one with --target COLUMN"):
+        load(_raw_cfg(folder))

@@ -280,10 +280,13 @@ CASES: dict[str, Case] = {
     "feature size differs between splits": Case(
         lambda t: _npz(t, valid__audio=np.ones((3, 4, 5), np.float32)),
         ("valid/audio", "5 features per step, expected 2")),
-    "non-finite labels": Case(
-        lambda t: _npz(t, train__labels=np.array([0.1, np.nan, 0.2, np.inf, 0, 1],
+    "infinite labels (NaN is a missing label)": Case(
+        lambda t: _npz(t, train__labels=np.array([0.1, np.nan, 0.2, np.inf, 0, -np.inf],
                                                  np.float32)),
-        ("train/labels", "2 non-finite labels")),
+        ("train/labels", "2 infinite labels")),
+    "no label at all in train": Case(
+        lambda t: _npz(t, train__labels=np.full(6, np.nan, np.float32)),
+        ("train/label", "no sample has a label")),
     "labels with 3 columns": Case(
         lambda t: _npz(t, **{f"{s}__labels": np.full((SIZES[s], 3), 0.5) for s in SPLITS}),
         ("train/labels", "3 columns that are not one-hot", "--target")),

@@ -110,7 +110,7 @@ def test_mmsa_round_trip(tmp_path: Path, protocol: int | None) -> None:
             np.testing.assert_array_equal(split.lengths[modality], src[f"{modality}_lengths"])
             key = f"{modality}_lengths"
             assert split.origin[f"lengths/{modality}"] == f"{path}: {name}/{key}"
-        assert set(split.targets) == {"classification_labels"}
+        assert set(split.targets) == {"regression_labels", "classification_labels"}
         np.testing.assert_array_equal(
             split.targets["classification_labels"], src["classification_labels"]
         )
@@ -142,6 +142,7 @@ def test_mmsa_ch_sims_targets(tmp_path: Path) -> None:
             "regression_labels_A",
             "regression_labels_V",
             "classification_labels",
+            "regression_labels",
         }
         for key, value in split.targets.items():
             np.testing.assert_array_equal(value, data[name][key])

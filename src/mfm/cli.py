@@ -58,7 +58,10 @@ ThresholdOpt = Annotated[
 ]
 TargetOpt = Annotated[
     str | None,
-    typer.Option(help="Another named target (e.g. `regression_labels_T`) or a label column."),
+    typer.Option(help="Which label(s) to learn: a comma list of [name=]source, a source "
+                 "being `labels`, a named target of the file (e.g. `regression_labels_T`), "
+                 "a label column, or `all` columns; several give one head each "
+                 "(e.g. `M=regression_labels,T=regression_labels_T`)."),
 ]
 TextFeatureOpt = Annotated[
     str | None, typer.Option(help="MMSA pickles: the key that feeds `text` (e.g. text_bert).")
@@ -176,6 +179,12 @@ def fit(
         typer.Option(help="Loss weighting: fixed (the configured lambdas), uncertainty, "
                      "gradnorm or dwa."),
     ] = None,
+    model_kind: Annotated[
+        str | None,
+        typer.Option("--model", help="Which model (`model.kind`): mfm (default); baselines "
+                     "mfn, ef-lstm (early fusion), lf (late fusion); ablations mfm-no-zy, "
+                     "mfm-zy-only, mfm-disc."),
+    ] = None,
     modality_dropout: Annotated[
         float | None,
         typer.Option(help="Probability of removing each modality from a training sample, "
@@ -229,6 +238,10 @@ def fit(
             merged = base.to_dict()
             merged["loss"]["weighting"] = weighting
             base = MFMConfig.from_dict(merged, source="--weighting")
+        if model_kind is not None:
+            merged = base.to_dict()
+            merged["model"]["kind"] = model_kind
+            base = MFMConfig.from_dict(merged, source="--model")
         cfg = with_overrides(base, data_spec=data, data=options, max_epochs=max_epochs,
                              seed=seed, batch_size=batch_size, learning_rate=learning_rate,
                              gradient_clip=gradient_clip,
@@ -257,6 +270,16 @@ ModelOpt = Annotated[
 CheckpointOpt = Annotated[
     Path | None, typer.Option(help="A checkpoint written by `mfm fit` (.ckpt).")
 ]
+TrainedDataOpt = Annotated[
+    str | None,
+    typer.Option(help="Data (path or spec). Default: the data the model was trained on."),
+]
+
+
+def _check_split(split: str) -> None:
+    """Refuse a split name other than train, valid or test."""
+    if split not in ("train", "valid", "test"):
+        raise ConfigError(f"--split: expected train, valid or test, found {split!r}")
 
 
 def _trained(checkpoint: Path | None, model: Path | None) -> Path:
@@ -367,10 +390,7 @@ def predict(
 def robustness(
     checkpoint: CheckpointOpt = None,
     model: ModelOpt = None,
-    data: Annotated[
-        str | None,
-        typer.Option(help="Data (path or spec). Default: the data the model was trained on."),
-    ] = None,
+    data: TrainedDataOpt = None,
     output: Annotated[
         Path, typer.Option(help="Folder for robustness.json/.csv/.md/.png.")
     ] = Path("robustness"),
@@ -385,8 +405,7 @@ def robustness(
 
     try:
         source = _trained(checkpoint, model)
-        if split not in ("train", "valid", "test"):
-            raise ConfigError(f"--split: expected train, valid or test, found {split!r}")
+        _check_split(split)
         _, paths = run_robustness(source, output, data, split=split)
     except (ConfigError, DataError, RunError) as exc:
         raise _fail(str(exc)) from None
@@ -394,6 +413,197 @@ def robustness(
 
     Console().print(Markdown(paths["md"].read_text()))
     Console().print(f"report written to {output}/robustness.{{json,csv,md,png}}")
+
+
+@app.command()
+def interpret(
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    data: TrainedDataOpt = None,
+    output: Annotated[
+        Path, typer.Option(help="Folder for interpret.json/.csv/.png.")
+    ] = Path("interpret"),
+    split: Annotated[str, typer.Option(help="Split to analyse: train, valid or test.")] = "test",
+    max_samples: Annotated[
+        int, typer.Option(min=1, help="Analyse at most this many samples (drawn with --seed).")
+    ] = 256,
+    bins: Annotated[
+        int, typer.Option(min=1, help="Regression: quantile bins of the target per group.")
+    ] = 3,
+    seed: Annotated[int, typer.Option(help="Seed of the sample draw.")] = 0,
+) -> None:
+    """Per modality and time step, how much each rebuilt step depends on the discriminative
+    factor F_y vs the modality-specific F_m (Jacobian norms, overall and per class or label
+    bin), and how much the prediction uses each modality (gradient x input, and the metric
+    without it). See `mfm.interpret` for the definitions."""
+    from mfm.data import DataError
+    from mfm.interpret import run as run_interpret
+    from mfm.interpret import summary_lines
+    from mfm.run import RunError
+
+    try:
+        source = _trained(checkpoint, model)
+        _check_split(split)
+        report, _ = run_interpret(source, output, data, split=split, max_samples=max_samples,
+                                  bins=bins, seed=seed)
+    except (ConfigError, DataError, RunError) as exc:
+        raise _fail(str(exc)) from None
+    console = Console(highlight=False, soft_wrap=True)
+    for line in summary_lines(report):
+        console.print(line, markup=False)
+    console.print(f"report written to {output}/interpret.{{json,csv,png}}", markup=False)
+
+
+@app.command()
+def generate(
+    checkpoint: CheckpointOpt = None,
+    model: ModelOpt = None,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Data for the steps per modality and the reconstructions. Default: "
+                     "the training data, or none when --steps names every modality."),
+    ] = None,
+    output: Annotated[Path, typer.Option(help="Folder for the images and plots.")]
+    = Path("generate"),
+    n: Annotated[int, typer.Option("--n", min=1, help="Rows of the prior grids; samples "
+                                   "of the reconstruction figures.")] = 8,
+    columns: Annotated[int, typer.Option(min=1, help="Columns of the prior grids.")] = 8,
+    split: Annotated[str, typer.Option(help="Split of the real samples.")] = "test",
+    image: Annotated[
+        list[str] | None,
+        typer.Option(help="Draw a modality as an image: NAME=HxW (H*W = steps x features), "
+                     "or NAME=off for sequence plots. Repeatable. Default: automatic "
+                     "(see `mfm.generate`)."),
+    ] = None,
+    steps: Annotated[
+        list[str] | None,
+        typer.Option(help="Steps to generate per modality: NAME=T. Repeatable."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the prior draws.")] = 0,
+) -> None:
+    """Sample the factors from the prior N(0, I) and decode every modality: image grids
+    (rows sharing Z_y, rows sharing Z_a, inputs beside reconstructions and beside the
+    modality rebuilt with it absent) and sequence plots."""
+    from mfm.data import DataError
+    from mfm.generate import parse_images, parse_steps
+    from mfm.generate import run as run_generate
+    from mfm.run import RunError
+
+    try:
+        source = _trained(checkpoint, model)
+        _check_split(split)
+        result = run_generate(source, output, data, n=n, columns=columns, split=split,
+                              steps=parse_steps(steps or []), images=parse_images(image or []),
+                              seed=seed)
+    except (ConfigError, DataError, RunError) as exc:
+        raise _fail(str(exc)) from None
+    console = Console(highlight=False, soft_wrap=True)
+    for name, entry in result.summary["modalities"].items():
+        shape = entry["image_shape"]
+        what = f"image {shape[0]}x{shape[1]}" if shape else "sequence"
+        console.print(f"{name}: {what} ({entry['rule']}): {', '.join(entry['files'])}",
+                      markup=False)
+    console.print(f"written to {result.output}", markup=False)
+
+
+@app.command()
+def compare(
+    data: DataOpt = None,
+    models: Annotated[
+        str,
+        typer.Option(help="Comma-separated models (`model.kind`): mfm, mfn, ef-lstm, lf, "
+                     "mfm-no-zy, mfm-zy-only, mfm-disc."),
+    ] = "mfm,mfn,ef-lstm,lf",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds, e.g. `1,2,3`.")] = "1,2,3",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the runs (`<model>/seed-<s>/`) and results.md/.csv/"
+                     ".png. Default: `runs/compare/<data name>`. Rerunning resumes it."),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(help="YAML configuration or preset shared by every run."),
+    ] = None,
+    fmt: FormatOpt = None,
+    modalities: ModalitiesOpt = None,
+    label: LabelOpt = None,
+    threshold: ThresholdOpt = None,
+    target: TargetOpt = None,
+    text_feature: TextFeatureOpt = None,
+    nonfinite: NonfiniteOpt = None,
+    normalize: NormalizeOpt = None,
+    max_epochs: Annotated[int | None, typer.Option(help="Upper bound on epochs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per batch.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
+    name: Annotated[
+        str | None, typer.Option(help="The data's name in titles. Default: from --data.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Train every run again, even finished ones.")
+    ] = False,
+    progress: Annotated[
+        bool, typer.Option(help="Show Lightning's progress bar inside each run.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option(help="Keep Lightning's own messages.")] = False,
+) -> None:
+    """Train several models (the MFM, baselines, ablations) with several seeds on one data
+    set and tabulate test metrics as mean ± std over seeds (results.md, results.csv,
+    results.png).
+
+    Finished runs are kept and not trained again, so an interrupted comparison continues
+    where it stopped when rerun with the same options.
+    """
+    from mfm.compare import CompareError, RunEvent, data_name, parse_models, parse_seeds, slug
+    from mfm.compare import compare as run_compare
+    from mfm.data import DataError
+    from mfm.run import RunError
+
+    console = Console(highlight=False)
+    status = console.status("")
+
+    def show(event: RunEvent) -> None:
+        head = f"[{event.index}/{event.total}] {event.model} seed {event.seed}"
+        main = next(iter(event.metrics.items()), None)
+        for key in ("MAE", "accuracy"):
+            if key in event.metrics:
+                main = (key, event.metrics[key])
+        score = f"test {main[0]} {main[1]:.4f}" if main else ""
+        if event.state == "start":
+            status.update(f"{head}: training ({event.action}) in {event.path}")
+            status.start()
+            return
+        status.stop()
+        if event.state == "kept":
+            console.print(f"{head}: kept (finished before): {score}")
+        elif event.state == "failed":
+            console.print(f"{head}: failed after {event.seconds:.0f} s: {event.message}")
+        else:
+            console.print(f"{head}: {event.action}, {event.epochs} epochs in "
+                          f"{event.seconds:.0f} s: {score}")
+
+    try:
+        model_list = parse_models(models)
+        seed_list = parse_seeds(seeds)
+        base = load_config(resolve_config_path(config)) if config else MFMConfig()
+        options = data_options(fmt, modalities, label, threshold, target, text_feature,
+                               nonfinite, normalize)
+        cfg = with_overrides(base, data_spec=data, data=options, max_epochs=max_epochs,
+                             batch_size=batch_size, learning_rate=learning_rate)
+        title = name or data_name(cfg.data.spec)
+        out = output or Path("runs") / "compare" / slug(title)
+        result = run_compare(cfg, model_list, seed_list, out, name=title, overwrite=overwrite,
+                             progress=progress, report=show, verbose=verbose)
+    except (CompareError, ConfigError, DataError, RunError) as exc:
+        status.stop()
+        raise _fail(str(exc)) from None
+    finally:
+        status.stop()
+    typer.echo(result.files["md"].read_text())
+    console.print(f"results written to {out}/results.{{md,csv,png}} ({result.trained} run(s) "
+                  "trained now)")
+    if result.failed:
+        raise _fail(f"{len(result.failed)} run(s) stopped on a non-finite loss (see "
+                    f"{result.files['md']})", code=3)
 
 
 @app.command("config")
@@ -440,6 +650,7 @@ def data_inspect(
     non-finite counts (counted before cleaning; shown with `--nonfinite zero`, the default
     here)."""
     from mfm.data import DataError, load
+    from mfm.data.batch import label_mask
 
     try:
         cfg = with_overrides(MFMConfig(), data_spec=spec, data=data_options(
@@ -449,8 +660,10 @@ def data_inspect(
         raise _fail(str(exc)) from None
     console = Console()
     info = data.info
-    table = Table(title=f"{spec}: {info.kind}"
-                  + (f", {info.num_classes} classes" if info.kind == "classification" else ""))
+    targets = info.target_kinds()
+    table = Table(title=f"{spec}: " + ", ".join(
+        f"{name} ({kind}" + (f", {k} classes)" if kind == "classification" else ")")
+        for name, (kind, k) in targets.items()))
     for column in ("split", "modality", "shape (N, T, d)", "present", "length min/mean/max",
                    "NaN", "inf"):
         table.add_column(column, justify="left" if column in ("split", "modality") else "right")
@@ -463,22 +676,31 @@ def data_inspect(
                           f"{int(n.min())}/{float(n.mean()):.1f}/{int(n.max())}",
                           str(nan), str(inf))
     console.print(table)
-    labels = Table(title="labels")
-    labels.add_column("split")
-    if info.kind == "classification":
-        for k in range(info.num_classes):
-            labels.add_column(f"class {k}", justify="right")
-        for split_name, split in data.splits.items():
-            counts = split.target.bincount(minlength=info.num_classes).tolist()
-            labels.add_row(split_name, *[str(c) for c in counts])
-    else:
-        for column in ("mean", "std", "min", "max"):
+    for target, (kind, num_classes) in info.target_kinds().items():
+        title = f"labels: {target} ({kind}"
+        labels = Table(title=title + (f", {num_classes} classes)" if kind == "classification"
+                                      else ")"))
+        labels.add_column("split")
+        labels.add_column("missing", justify="right")
+        columns = ([f"class {k}" for k in range(num_classes)] if kind == "classification"
+                   else ["mean", "std", "min", "max"])
+        for column in columns:
             labels.add_column(column, justify="right")
         for split_name, split in data.splits.items():
-            y = split.target.double()
-            labels.add_row(split_name, f"{float(y.mean()):.3f}", f"{float(y.std()):.3f}",
-                           f"{float(y.min()):.3f}", f"{float(y.max()):.3f}")
-    console.print(labels)
+            y = (split.targets or {})[target]
+            present = label_mask(y)
+            y = y[present]
+            cells = [split_name, str(int((~present).sum()))]
+            if kind == "classification":
+                cells += [str(c) for c in y.bincount(minlength=num_classes).tolist()]
+            elif len(y):
+                y = y.double()
+                cells += [f"{float(y.mean()):.3f}", f"{float(y.std()):.3f}",
+                          f"{float(y.min()):.3f}", f"{float(y.max()):.3f}"]
+            else:
+                cells += ["-"] * 4
+            labels.add_row(*cells)
+        console.print(labels)
 
 
 @data_app.command("build-avmnist")

@@ -34,6 +34,15 @@ MMDKernel = Literal["seed", "imq", "rbf"]
 MMDEstimator = Literal["biased", "unbiased"]
 Alignment = Literal["auto", "aligned", "resample"]
 CellKind = Literal["lstm", "lsthm"]
+ModelKind = Literal["mfm", "mfn", "ef-lstm", "lf", "mfm-no-zy", "mfm-zy-only", "mfm-disc"]
+
+
+DEFAULT_TARGET = "label"
+"""Name of the target when the data has one unnamed label."""
+
+
+KINDS_WITHOUT_SURROGATE = ("mfn", "ef-lstm", "lf")
+"""Model kinds without a surrogate path: ``train.modality_dropout`` must stay 0."""
 
 
 class ConfigError(ValueError):
@@ -87,10 +96,32 @@ class OutputConfig:
 
 
 @dataclass
+class TargetConfig:
+    """One named prediction target and its head on F_y.
+
+    Attributes:
+        kind: ``regression``, ``classification`` or ``auto`` (the data's kind for it).
+        size: number of classes for classification (>= 2); 1 for regression; ``auto``
+            takes it from the data.
+        loss: regression loss (``l1`` or ``mse``); ``None`` means ``model.output.loss``.
+            Classification always uses cross-entropy.
+    """
+
+    kind: OutputKind = "auto"
+    size: int = 1
+    loss: RegressionLoss | None = None
+
+
+@dataclass
 class ModelConfig:
     """Architecture of the MFM.
 
     Attributes:
+        kind: the MFM (``mfm``), a baseline or an ablation in the same engine (see
+            :mod:`mfm.model.baselines`): ``mfn`` (the MFN alone), ``ef-lstm`` (early
+            fusion), ``lf`` (late fusion), ``mfm-no-zy`` (no multimodal factor),
+            ``mfm-zy-only`` (no modality-specific factors), ``mfm-disc`` (no decoders, no
+            MMD).
         modalities: per-modality sizes by name; modalities not named here use
             ``default_modality``.
         default_modality: sizes of any modality without its own entry.
@@ -112,9 +143,20 @@ class ModelConfig:
             ``mfn_steps`` equal segments (see :mod:`mfm.model.mfn`). ``auto``: aligned
             when the padded lengths agree, resample otherwise.
         mfn_steps: the common length used by ``resample``.
-        output: the prediction head.
+        fast_recurrence: run recurrences with the hand-written scans of
+            :mod:`mfm.model.recurrent`: the MFN's staged fast path (``lstm`` cells) and
+            the private encoders of wide inputs (``d_m >= 4 * encoder hidden``); the same
+            computation, faster on CPU. False: the MFN's reference per-step loop and
+            ``nn.LSTM`` everywhere (for checking; with dropout the MFN's two paths draw
+            different random masks).
+        output: the prediction head: its width, dropout and default regression loss, and
+            (for a single target) its kind and size.
+        targets: one head per named target (:class:`TargetConfig`); empty means one
+            target described by ``output``. Filled from the data by
+            :func:`resolve_output`, so a saved configuration names every target.
     """
 
+    kind: ModelKind = "mfm"
     modalities: dict[str, ModalityConfig] = field(default_factory=dict)
     default_modality: ModalityConfig = field(default_factory=ModalityConfig)
     zy: int = 16
@@ -129,11 +171,24 @@ class ModelConfig:
     surrogate_hidden: int = 64
     alignment: Alignment = "auto"
     mfn_steps: int = 32
+    fast_recurrence: bool = True
     output: OutputConfig = field(default_factory=OutputConfig)
+    targets: dict[str, TargetConfig] = field(default_factory=dict)
 
     def modality(self, name: str) -> ModalityConfig:
         """Return the sizes of modality ``name`` (its own entry or the default)."""
         return self.modalities.get(name, self.default_modality)
+
+    def target_specs(self) -> dict[str, TargetConfig]:
+        """Every target with its kind, size and loss filled in (``loss`` never ``None``).
+
+        Without ``targets``, one target named ``label`` described by ``output``.
+        """
+        out = self.output
+        if not self.targets:
+            return {DEFAULT_TARGET: TargetConfig(kind=out.kind, size=out.size, loss=out.loss)}
+        return {name: dataclasses.replace(t, loss=t.loss or out.loss)
+                for name, t in self.targets.items()}
 
 
 @dataclass
@@ -243,8 +298,13 @@ class DataConfig:
             ``onehot``.
         threshold: binarise a scale into two classes: ``label >= threshold`` is class 1
             (ICT-MMMO: 3.5).
-        target: another named target of the file (e.g. CH-SIMS ``regression_labels_T``),
-            or a column index when the labels have several columns.
+        target: which label(s) to learn, a comma-separated list of ``[name=]source``;
+            a source is ``labels`` (the file's main labels), another named target of the
+            file (e.g. CH-SIMS ``regression_labels_T``), a column index of the labels
+            when they have several columns, or ``all`` (every column). Several entries
+            give several targets, one head each (e.g.
+            ``M=regression_labels,T=regression_labels_T``); a target's name defaults to
+            its source (``y<k>`` for column ``k``). ``None``: the main labels, one target.
         text_feature: MMSA pickles: which key feeds the ``text`` modality (e.g.
             ``text_bert``); default ``text``.
         nonfinite: what to do with NaN and +-inf features: ``error`` (refuse, with counts)
@@ -316,6 +376,15 @@ class MFMConfig:
             checks.append(("model.output.size", out.size >= 2, ">= 2 classes for classification"))
         elif out.kind == "regression":
             checks.append(("model.output.size", out.size == 1, "1 for regression"))
+        for name, target in m.targets.items():
+            key = f"model.targets.{name}.size"
+            if target.kind == "classification":
+                checks.append((key, target.size >= 2, ">= 2 classes for classification"))
+            elif target.kind == "regression":
+                checks.append((key, target.size == 1, "1 for regression"))
+            if not name or "/" in name or "." in name or "," in name:
+                raise ConfigError(f"{source}: model.targets: invalid target name {name!r} "
+                                  "(expected a non-empty name without '/', '.' or ',')")
         checks.append(("model.output.dropout", 0.0 <= out.dropout < 1.0, "in [0, 1)"))
         checks.append(
             ("model.output.hidden", out.hidden is None or out.hidden >= 1, ">= 1 or null")
@@ -338,6 +407,15 @@ class MFMConfig:
                        0.0 <= t.default_modality_dropout < 1.0, "in [0, 1)"))
         for k, v in t.modality_dropout.items():
             checks.append((f"train.modality_dropout.{k}", 0.0 <= v < 1.0, "in [0, 1)"))
+        if m.kind in KINDS_WITHOUT_SURROGATE:
+            # These baselines read an absent modality as masked; they have no surrogate path
+            # to train, so removing modalities during training has nothing to teach.
+            expected = (f"0 with model.kind {m.kind!r} (it has no surrogate path for missing "
+                        "modalities)")
+            checks.append(("train.default_modality_dropout", t.default_modality_dropout == 0,
+                           expected))
+            for k, v in t.modality_dropout.items():
+                checks.append((f"train.modality_dropout.{k}", v == 0, expected))
         checks.append(("loss.lambda_missing", lo.lambda_missing >= 0, ">= 0"))
         checks.append(("loss.gradnorm_alpha", lo.gradnorm_alpha >= 0, ">= 0"))
         checks.append(("loss.dwa_temperature", lo.dwa_temperature > 0, "> 0"))
@@ -480,21 +558,48 @@ def with_overrides(config: MFMConfig, data_spec: str | None = None,
     return MFMConfig.from_dict(merged, source="command line")
 
 
-def resolve_output(config: MFMConfig, kind: str, num_classes: int) -> MFMConfig:
-    """Fit the prediction head to the data's task.
+def resolve_output(config: MFMConfig, targets: dict[str, tuple[str, int]] | str,
+                   num_classes: int = 1) -> MFMConfig:
+    """Fit the prediction heads to the data's targets.
+
+    Args:
+        config: the run configuration.
+        targets: the data's targets in order: name -> ``(kind, num_classes)``; or, for
+            one target named ``label``, its kind (with ``num_classes``).
+        num_classes: the class count when ``targets`` is a kind.
 
     ``auto`` takes the data's kind and class count; an explicit kind must agree with it.
+    Without ``model.targets`` every data target gets a head described by ``model.output``;
+    with it, its names must be the data's. The result names every target in
+    ``model.targets``, and ``model.output`` carries the first target's kind and size.
 
     Raises:
         ConfigError: the configuration asks for another task than the data has.
     """
+    if isinstance(targets, str):
+        targets = {DEFAULT_TARGET: (targets, num_classes)}
     out = config.model.output
-    size = num_classes if kind == "classification" else 1
-    if out.kind == "auto":
-        out = dataclasses.replace(out, kind=kind, size=size)  # type: ignore[arg-type]
-    elif out.kind != kind or out.size != size:
+    given = config.model.targets
+    if given and set(given) != set(targets):
         raise ConfigError(
-            f"config: model.output: the data is {kind} with {size} output(s), but the "
-            f"configuration asks for {out.kind} with {out.size}; set kind: auto"
+            f"config: model.targets: names {sorted(given)} differ from the data's targets "
+            f"{sorted(targets)}"
         )
-    return dataclasses.replace(config, model=dataclasses.replace(config.model, output=out))
+    resolved: dict[str, TargetConfig] = {}
+    for name, (kind, num_classes) in targets.items():
+        size = num_classes if kind == "classification" else 1
+        want = given.get(name) if given else TargetConfig(kind=out.kind, size=out.size)
+        assert want is not None
+        key = f"model.targets.{name}" if given else "model.output"
+        if want.kind == "auto":
+            want = dataclasses.replace(want, kind=kind, size=size)  # type: ignore[arg-type]
+        elif want.kind != kind or want.size != size:
+            raise ConfigError(
+                f"config: {key}: the data's target {name!r} is {kind} with {size} output(s), "
+                f"but the configuration asks for {want.kind} with {want.size}; set kind: auto"
+            )
+        resolved[name] = want
+    first = next(iter(resolved.values()))
+    out = dataclasses.replace(out, kind=first.kind, size=first.size)
+    return dataclasses.replace(
+        config, model=dataclasses.replace(config.model, output=out, targets=resolved))

@@ -17,10 +17,14 @@ from torch import Tensor, nn
 
 from mfm.config import MFMConfig
 from mfm.data.batch import Batch
-from mfm.losses.objective import missing_terms, objective_terms
+from mfm.losses.objective import missing_terms, objective_terms, prediction_term_names
 from mfm.losses.weighting import Weighting, make_weighting
-from mfm.metrics import MFMMetrics
+from mfm.metrics import TargetMetrics
 from mfm.model.mfm import MFM, MFMOutput
+
+
+def _detached(values: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach() for k, v in values.items()}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -64,10 +68,11 @@ class MFMModule(L.LightningModule):
         self.config = MFMConfig.from_dict(config, source="checkpoint configuration")
         self.model = MFM(self.config.model, input_sizes)
         self.normalization = normalization
-        out = self.config.model.output
-        num_classes = out.size if out.kind == "classification" else None
+        self.targets = self.config.model.target_specs()
+        kinds = {name: (t.kind, t.size) for name, t in self.targets.items()}
+        self.pred_terms = prediction_term_names(list(self.targets))
         self.metrics = nn.ModuleDict(
-            {stage: MFMMetrics(out.kind, num_classes) for stage in ("valid", "test")}
+            {stage: TargetMetrics(kinds) for stage in ("valid", "test")}
         )
         self.weighting = self._make_weighting()
         self._epoch_sums: dict[str, Tensor] = {}
@@ -76,8 +81,7 @@ class MFMModule(L.LightningModule):
     def term_names(self) -> list[str]:
         """Every term the objective can produce, in a fixed order."""
         names = self.model.names
-        terms = ["pred", *(f"recon_{n}" for n in names), "mmd_zy",
-                 *(f"mmd_za_{n}" for n in names)]
+        terms = [*self.pred_terms.values(), *self.model.generative_term_names()]
         if any(self.config.train.dropout_for(n) > 0 for n in names):
             terms += ["missing", "recon_missing"]
         return terms
@@ -98,7 +102,8 @@ class MFMModule(L.LightningModule):
         if loss.weighting == "fixed":
             return make_weighting("fixed", [], fixed=fixed)
         weighted = [t for t in fixed if any(t.startswith(p) for p in loss.weighted_terms)]
-        kinds = {"pred": self.config.model.output.kind} if "pred" in weighted else {}
+        kinds = {term: self.targets[target].kind for target, term in self.pred_terms.items()
+                 if term in weighted}
         return make_weighting(
             loss.weighting, weighted, kinds=kinds,
             fixed={k: v for k, v in fixed.items() if k not in weighted},
@@ -126,20 +131,21 @@ class MFMModule(L.LightningModule):
         p = torch.tensor(probs, device=present.device).expand_as(present)
         remove = (torch.rand(present.shape, device=present.device) < p) & present
         emptied = ~(present & ~remove).any(dim=1)
-        if emptied.any():
-            # Keep one random present modality of the samples that would have none left.
-            scores = torch.rand(present.shape, device=present.device) * present
-            keep = torch.nn.functional.one_hot(scores.argmax(dim=1), len(names)).bool()
-            remove = remove & ~(keep & emptied.unsqueeze(1))
+        # Keep one random present modality of the samples that would have none left
+        # (computed for every batch: testing emptied.any() would synchronise a device).
+        scores = torch.rand(present.shape, device=present.device) * present
+        keep = torch.nn.functional.one_hot(scores.argmax(dim=1), len(names)).bool()
+        remove = remove & ~(keep & emptied.unsqueeze(1))
         return {n: remove[:, i] for i, n in enumerate(names)}
 
     def _shared_step(self, batch: Batch, stage: str) -> tuple[MFMOutput, dict[str, Tensor]]:
-        if batch.target is None:
+        if batch.targets is None:
             raise ValueError(f"{stage} data has no labels")
         output = self(batch)
+        # A target without any label in this batch gets no term (nor a regulariser).
         terms = objective_terms(
-            output, batch.inputs, batch.lengths, batch.target,
-            self.config.loss, self.config.model.output,
+            output, batch.inputs, batch.lengths, batch.targets,
+            self.config.loss, self.targets, counts=batch.counts(),
         )
         removed = self.removal_mask(batch) if stage == "train" else None
         if removed is not None:
@@ -152,6 +158,12 @@ class MFMModule(L.LightningModule):
             shared = self.model.g_y[-1].weight  # the last layer every term depends on
         raw = {k: v for k, v in terms.items() if k != "loss"}
         terms["loss"], weights = self.weighting(raw, shared=shared)
+        if len(self.pred_terms) > 1:
+            # With several targets, ``pred`` (what train.monitor may select on) is the mean
+            # of the prediction terms present in the batch.
+            present = [terms[t] for t in self.pred_terms.values() if t in terms]
+            if present:
+                terms["pred"] = torch.stack(present).mean()
         if stage == "train":
             self.log_dict({f"weight/{k}": v for k, v in weights.items()}, on_step=False,
                           on_epoch=True, batch_size=len(batch), sync_dist=True)
@@ -205,18 +217,19 @@ class MFMModule(L.LightningModule):
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output, _ = self._shared_step(batch, "valid")
-        self.metrics["valid"].update(output.prediction.detach(), batch.target, batch.index)
+        self.metrics["valid"].update(_detached(output.predictions), batch.targets, batch.index)
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         output, _ = self._shared_step(batch, "test")
-        self.metrics["test"].update(output.prediction.detach(), batch.target, batch.index)
+        self.metrics["test"].update(_detached(output.predictions), batch.targets, batch.index)
 
-    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
-        """Return ``(B,)`` predictions (regression) or ``(B, C)`` class probabilities."""
-        prediction = self(batch).prediction
-        if self.config.model.output.kind == "classification":
-            return torch.softmax(prediction, dim=-1)
-        return prediction
+    def predict_step(self, batch: Batch, batch_idx: int) -> dict[str, Tensor]:
+        """Target name -> ``(B,)`` predictions (regression) or ``(B, C)`` class
+        probabilities."""
+        predictions = self.model.predict(batch.inputs, batch.lengths)  # no decoders
+        return {name: torch.softmax(value, dim=-1)
+                if self.targets[name].kind == "classification" else value
+                for name, value in predictions.items()}
 
     def _log_metrics(self, stage: str) -> None:
         metric = self.metrics[stage]

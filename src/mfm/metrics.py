@@ -36,6 +36,7 @@ from torchmetrics.utilities import dim_zero_cat
 __all__ = [
     "REGRESSION_METRICS",
     "MFMMetrics",
+    "TargetMetrics",
     "classification_metrics",
     "regression_metrics",
 ]
@@ -346,7 +347,8 @@ class MFMMetrics(torchmetrics.Metric):
             preds: regression scores of shape ``(B,)`` or ``(B, 1)``; for classification,
                 logits of shape ``(B, C)`` (or predicted class indices of shape ``(B,)``).
             target: regression targets of shape ``(B,)`` or ``(B, 1)``; for classification,
-                class indices of shape ``(B,)``.
+                class indices of shape ``(B,)``. Missing labels (NaN, or a negative class
+                index) are accepted and left out of every metric.
             index: ``(B,)`` positions of the samples in their split. When given, a sample
                 seen twice counts once: a distributed sampler pads the last shard with
                 repeated samples, and metrics must cover the split exactly.
@@ -410,6 +412,13 @@ class MFMMetrics(torchmetrics.Metric):
             raise RuntimeError(
                 "MFMMetrics.compute() called with no accumulated samples; call update() first"
             )
+        # Missing labels (NaN regression targets, negative class indices) are left out.
+        present = ~torch.isnan(target) if target.is_floating_point() else target >= 0
+        if not bool(present.all()):
+            preds, target = preds[present], target[present]
+        if preds.shape[0] == 0:
+            return {k: torch.tensor(math.nan, dtype=torch.get_default_dtype(),
+                                    device=self.device) for k in self.names}
         if self.kind == "regression":
             values = regression_metrics(preds, target)
         else:
@@ -419,3 +428,60 @@ class MFMMetrics(torchmetrics.Metric):
             k: torch.tensor(v, dtype=torch.get_default_dtype(), device=self.device)
             for k, v in values.items()
         }
+
+
+class TargetMetrics(torch.nn.Module):
+    """Epoch-level metrics of every named target, and their mean.
+
+    One :class:`MFMMetrics` per target. :meth:`compute` returns, for a single target, its
+    metrics under their own names (``MAE``, ``accuracy``, ...); for several targets,
+    ``<target>/<metric>`` for each and, under the plain metric name, the mean over the
+    targets that have that metric (NaN values left out of the mean).
+
+    Args:
+        targets: target name -> ``(kind, num_classes)``.
+    """
+
+    def __init__(self, targets: dict[str, tuple[str, int]]) -> None:
+        super().__init__()
+        if not targets:
+            raise ValueError("TargetMetrics needs at least one target")
+        self.metrics = torch.nn.ModuleDict({
+            name: MFMMetrics(kind, num_classes if kind == "classification" else None)
+            for name, (kind, num_classes) in targets.items()
+        })
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Keys of the dictionary returned by :meth:`compute`, in order."""
+        if len(self.metrics) == 1:
+            return next(iter(self.metrics.values())).names
+        prefixed = [f"{t}/{k}" for t, m in self.metrics.items() for k in m.names]
+        pooled = dict.fromkeys(k for m in self.metrics.values() for k in m.names)
+        return (*prefixed, *pooled)
+
+    def update(self, preds: dict[str, Tensor], target: dict[str, Tensor],
+               index: Tensor | None = None) -> None:
+        """Add one batch: per target ``(B,)`` or ``(B, C)`` predictions and ``(B,)`` labels."""
+        for name, metric in self.metrics.items():
+            metric.update(preds[name], target[name], index)
+
+    def compute(self) -> dict[str, Tensor]:
+        """Every target's metrics (and their mean, for several targets); see the class."""
+        if len(self.metrics) == 1:
+            return next(iter(self.metrics.values())).compute()
+        values: dict[str, Tensor] = {}
+        pooled: dict[str, list[Tensor]] = {}
+        for name, metric in self.metrics.items():
+            for key, value in metric.compute().items():
+                values[f"{name}/{key}"] = value
+                pooled.setdefault(key, []).append(value)
+        for key, group in pooled.items():
+            stacked = torch.stack(group)
+            finite = stacked[~torch.isnan(stacked)]
+            values[key] = finite.mean() if finite.numel() else stacked[0]
+        return values
+
+    def reset(self) -> None:
+        for metric in self.metrics.values():
+            metric.reset()

@@ -104,7 +104,7 @@ def prepare(config: MFMConfig) -> tuple[MFMConfig, MultimodalData]:
         ConfigError: the configuration does not fit the data.
     """
     data = load(config.data)
-    resolved = resolve_output(config, data.info.kind, data.info.num_classes)
+    resolved = resolve_output(config, data.info.target_kinds())
     return resolved, data
 
 
@@ -444,7 +444,9 @@ def predict(
     """Write per-sample predictions of a trained model as CSV.
 
     Columns: ``split``, ``index``, ``id`` (when the data has ids), ``target``, then
-    ``prediction`` (regression) or ``predicted_class`` and ``prob_<k>`` per class.
+    ``prediction`` (regression) or ``predicted_class`` and ``prob_<k>`` per class. With
+    several targets these columns repeat per target, prefixed ``<target>:`` (a missing
+    label is an empty cell).
 
     Args:
         model: a ``.ckpt`` file or an exported model folder.
@@ -461,27 +463,40 @@ def predict(
         module = load_trained(model)
         config, data = _data_for(module, data_spec, data_options)
         trainer = make_trainer(config, None, progress=progress)
-        kind = module.config.model.output.kind
+        specs = module.targets
+        several = len(specs) > 1
         rows: list[list[Any]] = []
         for split in splits:
             dataset = data[split]
             loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate)
             outputs = trainer.predict(module, dataloaders=loader)
-            values = torch.cat([o.detach().cpu() for o in outputs])  # type: ignore[union-attr]
+            assert outputs is not None
+            values = {name: torch.cat([o[name].detach().cpu() for o in outputs])  # type: ignore[index]
+                      for name in specs}
+            labels = dataset.targets or {}
             for i in range(len(dataset)):
-                ident = dataset.ids[i] if dataset.ids is not None else ""
-                target = dataset.target[i].item() if dataset.target is not None else ""
-                if kind == "classification":
-                    probs = values[i].tolist()
-                    rows.append([split, i, ident, target, int(values[i].argmax()), *probs])
-                else:
-                    rows.append([split, i, ident, target, float(values[i])])
-    header = ["split", "index", "id", "target"]
-    if kind == "classification":
-        classes = module.config.model.output.size
-        header += ["predicted_class"] + [f"prob_{k}" for k in range(classes)]
-    else:
-        header += ["prediction"]
+                row: list[Any] = [split, i, dataset.ids[i] if dataset.ids is not None else ""]
+                for name, spec in specs.items():
+                    label: Any = ""
+                    if name in labels:
+                        label = labels[name][i].item()
+                        if label != label or (spec.kind == "classification" and label < 0):
+                            label = ""  # a missing label
+                    row.append(label)
+                    if spec.kind == "classification":
+                        row += [int(values[name][i].argmax()), *values[name][i].tolist()]
+                    else:
+                        row.append(float(values[name][i]))
+                rows.append(row)
+    header = ["split", "index", "id"]
+    for name, spec in specs.items():
+        prefix = f"{name}:" if several else ""
+        header.append(f"{prefix}target")
+        if spec.kind == "classification":
+            header += [f"{prefix}predicted_class"] + [f"{prefix}prob_{k}"
+                                                      for k in range(spec.size)]
+        else:
+            header.append(f"{prefix}prediction")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")

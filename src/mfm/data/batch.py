@@ -85,6 +85,21 @@ def lengths_from_padding(x: Tensor, side: PaddingSide) -> Tensor:
     return (last + 1).long()
 
 
+def label_mask(target: Tensor) -> Tensor:
+    """Which labels are present.
+
+    Args:
+        target: ``(B,)`` float regression labels (NaN = missing) or integer class
+            indices (negative = missing).
+
+    Returns:
+        ``(B,)`` bool, True where the label is present.
+    """
+    if target.is_floating_point():
+        return ~torch.isnan(target)
+    return target >= 0
+
+
 @dataclass
 class Batch:
     """A padded batch of multimodal samples.
@@ -92,18 +107,33 @@ class Batch:
     Attributes:
         inputs: modality name -> ``(B, T_m, d_m)`` float features, valid steps first.
         lengths: modality name -> ``(B,)`` long valid lengths.
-        target: ``(B,)`` float regression targets or long class indices; ``None`` when
-            the data has no labels (prediction only).
+        targets: target name -> ``(B,)`` labels: float for regression (NaN where the
+            label is missing), long class indices for classification (-1 where
+            missing); ``None`` when the data has no labels (prediction only).
         index: ``(B,)`` long positions of the samples in their split.
+        label_counts: target name -> number of present labels in the batch, counted on
+            the host when the batch was collated (``None``: count when asked).
     """
 
     inputs: dict[str, Tensor]
     lengths: dict[str, Tensor]
-    target: Tensor | None
+    targets: dict[str, Tensor] | None
     index: Tensor
+    label_counts: dict[str, int] | None = None
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
+
+    @property
+    def target(self) -> Tensor | None:
+        """The first target's ``(B,)`` labels (the only one for single-target data)."""
+        return None if self.targets is None else next(iter(self.targets.values()))
+
+    def counts(self) -> dict[str, int]:
+        """Target name -> number of present labels (counted now if not at collation)."""
+        if self.label_counts is not None:
+            return self.label_counts
+        return {k: int(label_mask(v).sum()) for k, v in (self.targets or {}).items()}
 
     @property
     def presence(self) -> dict[str, Tensor]:
@@ -123,7 +153,7 @@ class Batch:
         cls,
         inputs: Mapping[str, Tensor],
         lengths: Mapping[str, Tensor] | None = None,
-        target: Tensor | None = None,
+        target: Tensor | dict[str, Tensor] | None = None,
         padding: PaddingSide = "right",
     ) -> Batch:
         """Build a batch from padded tensors, moving leading padding to the end.
@@ -131,9 +161,12 @@ class Batch:
         Args:
             inputs: name -> ``(B, T_m, d_m)``.
             lengths: name -> ``(B,)``; a missing entry means every step is valid.
-            target: ``(B,)`` labels or ``None``.
+            target: ``(B,)`` labels (a target named ``label``), target name -> ``(B,)``
+                labels, or ``None``.
             padding: side of the padding in ``inputs``.
         """
+        if isinstance(target, Tensor):
+            target = {"label": target}
         lengths = dict(lengths or {})
         first = next(iter(inputs.values()))
         size = first.shape[0]
@@ -146,4 +179,5 @@ class Batch:
             n = n.to(device=x.device, dtype=torch.long)
             out_inputs[name] = to_right_padded(x, n, padding)
             out_lengths[name] = n
-        return cls(out_inputs, out_lengths, target, torch.arange(size, device=first.device))
+        return cls(out_inputs, out_lengths, None if target is None else dict(target),
+                   torch.arange(size, device=first.device))

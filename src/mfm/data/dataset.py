@@ -11,7 +11,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from mfm.data.batch import Batch
+from mfm.config import DEFAULT_TARGET
+from mfm.data.batch import Batch, label_mask
 
 SPLITS = ("train", "valid", "test")
 
@@ -23,9 +24,11 @@ class DataInfo:
     Attributes:
         input_sizes: modality name -> features per step ``d_m``, in modality order.
         steps: modality name -> padded length ``T_m``.
-        kind: ``regression`` or ``classification``.
-        num_classes: number of classes (classification), else 1.
+        kind: ``regression`` or ``classification`` (of the first target).
+        num_classes: number of classes (classification), else 1 (of the first target).
         name: a short human-readable name of the data.
+        targets: target name -> ``(kind, num_classes)``, in order; empty means one target
+            named ``label`` with ``kind`` and ``num_classes``.
     """
 
     input_sizes: dict[str, int]
@@ -33,6 +36,11 @@ class DataInfo:
     kind: str = "regression"
     num_classes: int = 1
     name: str = "data"
+    targets: dict[str, tuple[str, int]] = field(default_factory=dict)
+
+    def target_kinds(self) -> dict[str, tuple[str, int]]:
+        """Target name -> ``(kind, num_classes)``, never empty."""
+        return dict(self.targets) or {DEFAULT_TARGET: (self.kind, self.num_classes)}
 
 
 class MultimodalSplit(Dataset[int]):
@@ -44,7 +52,10 @@ class MultimodalSplit(Dataset[int]):
     Args:
         features: name -> ``(N, T_m, d_m)`` float tensor, valid steps first.
         lengths: name -> ``(N,)`` long tensor of valid lengths.
-        target: ``(N,)`` labels or ``None``.
+        target: the labels: one ``(N,)`` tensor (a target named ``label``), a dict
+            target name -> ``(N,)`` tensor, or ``None``. Regression targets are float
+            with NaN where a label is missing; classification targets are long class
+            indices with -1 where missing.
         ids: optional per-sample identifiers (``N`` strings).
     """
 
@@ -52,17 +63,25 @@ class MultimodalSplit(Dataset[int]):
         self,
         features: dict[str, Tensor],
         lengths: dict[str, Tensor],
-        target: Tensor | None,
+        target: Tensor | dict[str, Tensor] | None,
         ids: Sequence[str] | None = None,
     ) -> None:
         self.features = features
         self.lengths = lengths
-        self.target = target
+        if isinstance(target, Tensor):
+            target = {DEFAULT_TARGET: target}
+        self.targets: dict[str, Tensor] | None = target
+        self._valid = None if target is None else {k: label_mask(v) for k, v in target.items()}
         self.ids = list(ids) if ids is not None else None
         sizes = {int(x.shape[0]) for x in features.values()}
         if len(sizes) != 1:
             raise ValueError(f"modalities disagree on the number of samples: {sorted(sizes)}")
         self._size = sizes.pop()
+
+    @property
+    def target(self) -> Tensor | None:
+        """The first target's ``(N,)`` labels (the only one for single-target data)."""
+        return None if self.targets is None else next(iter(self.targets.values()))
 
     def __len__(self) -> int:
         return self._size
@@ -71,13 +90,23 @@ class MultimodalSplit(Dataset[int]):
         return index
 
     def collate(self, indices: Sequence[int]) -> Batch:
-        """Gather the samples at ``indices`` into a batch."""
+        """Gather the samples at ``indices`` into a batch.
+
+        The batch also carries each target's number of valid labels as Python ints,
+        counted here on the host, so the training step never synchronises to learn that
+        a target has no label in the batch.
+        """
         idx = torch.as_tensor(indices, dtype=torch.long)
+        targets = counts = None
+        if self.targets is not None and self._valid is not None:
+            targets = {k: v.index_select(0, idx) for k, v in self.targets.items()}
+            counts = {k: int(v.index_select(0, idx).sum()) for k, v in self._valid.items()}
         return Batch(
             inputs={k: v.index_select(0, idx) for k, v in self.features.items()},
             lengths={k: v.index_select(0, idx) for k, v in self.lengths.items()},
-            target=None if self.target is None else self.target.index_select(0, idx),
+            targets=targets,
             index=idx,
+            label_counts=counts,
         )
 
     def full_batch(self) -> Batch:

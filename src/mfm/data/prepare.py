@@ -18,7 +18,9 @@ names the file and key:
    use either side); when the modalities share a padded length (word-aligned data) a step
    is padding only when it is zero in every modality, so they keep one timeline; then
    every sample's valid steps are moved to the front (the layout of a batch);
-6. labels: classes (one-hot rows, integers, or a scale cut at ``threshold``) or regression;
+6. labels: one or more named targets (``DataConfig.target``), each classes (one-hot rows,
+   integers, or a scale cut at ``threshold``) or regression; a NaN label is a missing
+   label (the sample counts for the other targets), an infinite one is an error;
 7. normalisation: per-feature mean and standard deviation over the training split's
    valid steps, applied to the valid steps of every split (padding stays zero).
 """
@@ -31,7 +33,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from mfm.config import DataConfig
+from mfm.config import DEFAULT_TARGET, DataConfig
+from mfm.data.batch import label_mask
 from mfm.data.dataset import SPLITS, DataInfo, MultimodalData, MultimodalSplit
 from mfm.data.errors import DataError
 from mfm.data.raw import RawData, RawSplit
@@ -97,21 +100,30 @@ def _as_features(x: np.ndarray, where: str) -> np.ndarray:
     return x.astype(np.float32, copy=False)
 
 
-def _check_labels(raw: RawData, split: RawSplit, split_name: str, cfg: DataConfig) -> np.ndarray:
-    if cfg.target is not None and not cfg.target.isdigit():
-        if cfg.target not in split.targets:
-            names = ", ".join(split.targets) or "none"
-            raise DataError(
-                f"{raw.source}: {split_name}/{cfg.target}: no such target (available: {names})"
-            )
-        labels = split.targets[cfg.target]
-        where = _where(raw, split, split_name, f"targets/{cfg.target}")
-    else:
-        if split.labels is None:
-            raise DataError(f"{raw.source}: {split_name}: no labels found (expected labels "
-                            "for every split)")
-        labels = split.labels
-        where = _where(raw, split, split_name, "labels")
+def target_entries(target: str | None) -> list[tuple[str, str]]:
+    """Parse ``DataConfig.target`` into ``(name, source)`` pairs (see its docstring).
+
+    Raises:
+        DataError: an empty entry, or a name used twice.
+    """
+    if target is None:
+        return [(DEFAULT_TARGET, "labels")]
+    entries: list[tuple[str, str]] = []
+    for item in target.split(","):
+        name, _, source = item.strip().rpartition("=")
+        source = source.strip()
+        name = name.strip() or (f"y{source}" if source.isdigit() else source)
+        if not source or not name or "/" in name or "." in name:
+            raise DataError(f"data.target: invalid entry {item.strip()!r} (expected [name=]source "
+                            "with a non-empty name without '/' or '.')")
+        entries.append((name, source))
+    names = [n for n, _ in entries]
+    if len(set(names)) != len(names):
+        raise DataError(f"data.target: target names repeat in {target!r}")
+    return entries
+
+
+def _numeric_labels(labels: object, where: str) -> np.ndarray:
     labels = np.asarray(labels)
     if not np.issubdtype(labels.dtype, np.number) and labels.dtype != np.bool_:
         raise DataError(f"{where}: expected numeric labels, found dtype {labels.dtype}")
@@ -120,10 +132,16 @@ def _check_labels(raw: RawData, split: RawSplit, split_name: str, cfg: DataConfi
     if labels.ndim == 0 or labels.ndim > 2:
         raise DataError(f"{where}: expected labels of shape (samples,) or (samples, k), found "
                         f"{labels.shape}")
-    if not np.all(np.isfinite(labels)):
-        raise DataError(f"{where}: {int((~np.isfinite(labels)).sum())} non-finite labels; "
-                        "expected a finite label for every sample")
+    infinite = int(np.isinf(labels).sum()) if labels.dtype.kind == "f" else 0
+    if infinite:
+        raise DataError(f"{where}: {infinite} infinite labels; expected a finite label or NaN "
+                        "(missing) for every sample")
     return labels
+
+
+def _complete_rows(labels: np.ndarray) -> np.ndarray:
+    """The rows of ``(N, k)`` labels without a NaN (a row with one is a missing label)."""
+    return labels[~np.isnan(labels).any(axis=1)] if labels.dtype.kind == "f" else labels
 
 
 def _is_onehot(labels: np.ndarray) -> bool:
@@ -131,38 +149,87 @@ def _is_onehot(labels: np.ndarray) -> bool:
             and bool(np.all(labels.sum(axis=1) == 1)))
 
 
-def _convert_labels(labels: np.ndarray, cfg: DataConfig, where: str) -> tuple[np.ndarray, str]:
-    """Return ``(N,)`` labels and ``regression`` or ``classification``."""
-    if labels.ndim == 2:
-        if cfg.label in ("auto", "onehot") and _is_onehot(labels):
-            return labels.argmax(axis=1).astype(np.int64), "classification"
-        if cfg.label == "onehot":
-            raise DataError(f"{where}: expected one-hot rows, found values that are not")
-        if cfg.target is not None and cfg.target.isdigit():
-            column = int(cfg.target)
-            if column >= labels.shape[1]:
-                raise DataError(f"{where}: target column {column} out of range "
-                                f"(labels have {labels.shape[1]} columns)")
-            labels = labels[:, column]
+def _split_targets(raw: RawData, split: RawSplit, split_name: str,
+                   cfg: DataConfig) -> dict[str, tuple[np.ndarray, str]]:
+    """The split's label array of every target (``(N,)``, or ``(N, k)`` one-hot rows).
+
+    Returns:
+        target name -> (labels, where they came from).
+    """
+    result: dict[str, tuple[np.ndarray, str]] = {}
+    selection = cfg.target if cfg.target is not None else raw.default_target
+    for name, source in target_entries(selection):
+        if source == "labels" or source == "all" or source.isdigit():
+            if split.labels is None:
+                raise DataError(f"{raw.source}: {split_name}: no labels found (expected labels "
+                                "for every split)")
+            where = _where(raw, split, split_name, "labels")
+            labels = _numeric_labels(split.labels, where)
+            if source == "labels":
+                if labels.ndim == 2 and not (cfg.label in ("auto", "onehot")
+                                             and _is_onehot(_complete_rows(labels))):
+                    if cfg.label == "onehot":
+                        raise DataError(f"{where}: expected one-hot rows, found values that "
+                                        "are not")
+                    raise DataError(
+                        f"{where}: labels have {labels.shape[1]} columns that are not one-hot; "
+                        "choose one with --target COLUMN, or all with --target all"
+                    )
+                result[name] = (labels, where)
+            elif source == "all":
+                columns = labels.reshape(labels.shape[0], -1)
+                for k in range(columns.shape[1]):
+                    result[f"y{k}" if name == "all" else f"{name}{k}"] = (columns[:, k], where)
+            else:
+                column = int(source)
+                width = labels.shape[1] if labels.ndim == 2 else 1
+                if column >= width:
+                    raise DataError(f"{where}: target column {column} out of range "
+                                    f"(labels have {width} column{'s' if width > 1 else ''})")
+                result[name] = (labels[:, column] if labels.ndim == 2 else labels, where)
         else:
-            raise DataError(
-                f"{where}: labels have {labels.shape[1]} columns that are not one-hot; "
-                "choose one with --target COLUMN"
-            )
-    elif cfg.target is not None and cfg.target.isdigit() and int(cfg.target) != 0:
-        raise DataError(f"{where}: target column {cfg.target} out of range (the labels have "
-                        "one column)")
+            if source not in split.targets:
+                names = ", ".join(split.targets) or "none"
+                raise DataError(
+                    f"{raw.source}: {split_name}/{source}: no such target (available: {names})"
+                )
+            where = _where(raw, split, split_name, f"targets/{source}")
+            result[name] = (_numeric_labels(split.targets[source], where), where)
+    sizes = {v[0].shape[0] for v in result.values()}
+    if len(sizes) != 1:
+        raise DataError(f"{raw.source}: {split_name}: targets have different numbers of samples "
+                        f"({', '.join(f'{k}: {v[0].shape[0]}' for k, v in result.items())})")
+    return result
+
+
+def _convert_labels(labels: np.ndarray, cfg: DataConfig, where: str) -> tuple[np.ndarray, str]:
+    """Return ``(N,)`` labels and ``regression`` or ``classification``.
+
+    Missing labels (NaN, or a one-hot row with a NaN) become NaN for regression and -1 for
+    classification.
+    """
+    missing = np.isnan(labels) if labels.dtype.kind == "f" else np.zeros(labels.shape, bool)
+    if labels.ndim == 2:
+        rows = missing.any(axis=1)
+        filled = np.where(missing, 0, labels)
+        if cfg.label == "onehot" and not _is_onehot(filled[~rows]):
+            raise DataError(f"{where}: expected one-hot rows, found values that are not")
+        classes = filled.argmax(axis=1).astype(np.int64)
+        return np.where(rows, -1, classes), "classification"
     if cfg.threshold is not None:
-        return (labels >= cfg.threshold).astype(np.int64), "classification"
+        return np.where(missing, -1, labels >= cfg.threshold).astype(np.int64), "classification"
     if cfg.label == "onehot":
         raise DataError(f"{where}: expected one-hot rows (samples, classes), found shape "
                         f"{labels.shape}")
     integral = np.issubdtype(labels.dtype, np.integer) or labels.dtype == np.bool_
     if cfg.label == "classes" or (cfg.label == "auto" and integral):
-        if not np.all(labels == np.round(labels)) or labels.min() < 0:
+        present = labels[~missing]
+        bad = (present != np.round(present)) | (present < 0)
+        if bad.any():
             raise DataError(f"{where}: expected class indices 0, 1, 2, ..., found values like "
-                            f"{labels[(labels != np.round(labels)) | (labels < 0)][:1]}")
-        return labels.astype(np.int64), "classification"
+                            f"{present[bad][:1]}")
+        return np.where(missing, -1, np.where(missing, 0, labels)).astype(np.int64), \
+            "classification"
     return labels.astype(np.float32), "regression"
 
 
@@ -199,7 +266,7 @@ def _infer_spans(
     from the first to the last non-zero step (either side may be padded). With ``joint``
     a step counts as non-zero when any modality is non-zero there.
     """
-    nonzero = {k: np.any(v != 0, axis=2) for k, v in xs.items()}  # (N, T)
+    nonzero = {k: _nonzero_steps(v) for k, v in xs.items()}  # (N, T)
     if joint and nonzero:
         union = np.logical_or.reduce(list(nonzero.values()))
         nonzero = dict.fromkeys(nonzero, union)
@@ -228,36 +295,60 @@ def _to_front(x: np.ndarray, offset: np.ndarray, length: np.ndarray) -> np.ndarr
     steps = x.shape[1]
     positions = np.arange(steps)[None, :]
     valid = positions < length[:, None]
+    if not offset.any():  # already at the front: one masked copy
+        return np.where(valid[:, :, None], x, np.float32(0)).astype(np.float32, copy=False)
     index = np.clip(np.where(valid, positions + offset[:, None], 0), 0, steps - 1)
-    moved = np.take_along_axis(x, index[:, :, None], axis=1)
-    return np.where(valid[:, :, None], moved, np.float32(0)).astype(np.float32, copy=False)
+    moved = np.take_along_axis(x, index[:, :, None], axis=1).astype(np.float32, copy=False)
+    moved[~valid] = 0  # in place: the copy above is the only full-size array made
+    return moved
+
+
+_CHUNK = 256  # samples per block when scanning feature arrays (bounds temporaries)
+
+
+def _all_finite(x: np.ndarray) -> bool:
+    """``np.isfinite(x).all()`` without a full-size boolean temporary."""
+    return all(bool(np.isfinite(x[i:i + _CHUNK]).all()) for i in range(0, x.shape[0], _CHUNK))
+
+
+def _nonzero_steps(x: np.ndarray) -> np.ndarray:
+    """``(N, T)`` bool: steps of ``(N, T, d)`` with any non-zero feature (chunked)."""
+    out = np.empty(x.shape[:2], dtype=bool)
+    for i in range(0, x.shape[0], _CHUNK):
+        np.any(x[i:i + _CHUNK] != 0, axis=2, out=out[i:i + _CHUNK])
+    return out
 
 
 def _fit_stats(features: dict[str, torch.Tensor], lengths: dict[str, torch.Tensor]) -> Stats:
     stats: Stats = {}
     for name, x in features.items():
+        # Two passes over blocks of samples in float64 (mean, then the mean squared
+        # deviation): no float64 copy of the whole array is made.
         mask = torch.arange(x.shape[1]).unsqueeze(0) < lengths[name].unsqueeze(1)
-        values = x[mask].double()  # (valid steps, d)
-        if values.shape[0] == 0:
+        blocks = [(x[i:i + _CHUNK], mask[i:i + _CHUNK]) for i in range(0, x.shape[0], _CHUNK)]
+        count = int(mask.sum())
+        if count == 0:
             mean = torch.zeros(x.shape[2], dtype=torch.float64)
             std = torch.ones(x.shape[2], dtype=torch.float64)
         else:
-            mean = values.mean(0)
-            std = values.std(0, unbiased=False)
+            mean = sum(v[m].double().sum(0) for v, m in blocks) / count
+            var = sum(((v[m].double() - mean) ** 2).sum(0) for v, m in blocks) / count
+            std = var.sqrt()
             std = torch.where(std < 1e-8, torch.ones_like(std), std)
         stats[name] = {"mean": mean.tolist(), "std": std.tolist()}
     return stats
 
 
 def _apply_stats(x: torch.Tensor, n: torch.Tensor, stat: dict[str, list[float]],
-                 name: str) -> torch.Tensor:
+                 name: str, inplace: bool = False) -> torch.Tensor:
     mean = torch.tensor(stat["mean"], dtype=x.dtype)
     std = torch.tensor(stat["std"], dtype=x.dtype)
     if mean.shape[0] != x.shape[2]:
         raise DataError(f"normalisation statistics of {name!r} have {mean.shape[0]} features, "
                         f"the data has {x.shape[2]}")
     mask = (torch.arange(x.shape[1]).unsqueeze(0) < n.unsqueeze(1)).unsqueeze(-1)
-    return torch.where(mask, (x - mean) / std, torch.zeros_like(x))
+    out = x.sub_(mean) if inplace else x - mean
+    return out.div_(std).masked_fill_(~mask, 0.0)
 
 
 def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> MultimodalData:
@@ -288,18 +379,22 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
                 x = _as_features(split.features[name], _where(raw, split, split_name, name))
                 dims[name], steps[name] = x.shape[2], x.shape[1]
 
-    prepared: dict[str, tuple[dict, dict, np.ndarray, list[str] | None]] = {}
-    kinds: set[str] = set()
+    prepared: dict[str, tuple[dict, dict, dict[str, np.ndarray], list[str] | None]] = {}
+    kinds: dict[str, set[str]] = {}
+    train_where: dict[str, str] = {}
     for split_name in SPLITS:
         split = raw.splits[split_name]
-        labels = _check_labels(raw, split, split_name, cfg)
-        size = labels.shape[0]
+        found = _split_targets(raw, split, split_name, cfg)
+        label_where = next(iter(found.values()))[1]
+        size = next(iter(found.values()))[0].shape[0]
         if size == 0:
-            raise DataError(f"{_where(raw, split, split_name, 'labels')}: empty split "
-                            "(expected at least one sample)")
-        label_where = _where(raw, split, split_name, "labels")
-        labels, kind = _convert_labels(labels, cfg, label_where)
-        kinds.add(kind)
+            raise DataError(f"{label_where}: empty split (expected at least one sample)")
+        labels: dict[str, np.ndarray] = {}
+        for target, (array, where) in found.items():
+            if split_name == "train":
+                train_where[target] = where
+            labels[target], kind = _convert_labels(array, cfg, where)
+            kinds.setdefault(target, set()).add(kind)
         xs: dict[str, np.ndarray] = {}
         given: dict[str, np.ndarray | None] = {}
         for name in names:
@@ -316,8 +411,8 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
             if x.shape[2] != dims[name]:
                 raise DataError(f"{where}: {x.shape[2]} features per step, expected "
                                 f"{dims[name]} as in the other splits")
-            bad = ~np.isfinite(x)
-            if bad.any():
+            if not _all_finite(x):
+                bad = ~np.isfinite(x)
                 nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
                 report.nonfinite[(split_name, name)] = (nan, inf)
                 if cfg.nonfinite == "error":
@@ -326,6 +421,7 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
                         "numbers (pass --nonfinite zero to replace them with 0)"
                     )
                 x = np.where(bad, np.float32(0), x)
+                del bad
             xs[name] = x
             given[name] = _lengths_of(raw, split, split_name, name, x)
         to_infer = {k: v for k, v in xs.items() if given[k] is None or raw.padding == "auto"}
@@ -361,14 +457,22 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
                            for (s, m), (n, i) in report.nonfinite.items())
         warnings.warn(f"{raw.source}: replaced non-finite values with 0 ({counts})",
                       DataWarning, stacklevel=2)
-    if len(kinds) != 1:
-        raise DataError(f"{raw.source}: labels are classes in some splits and real values in "
-                        "others; pass --label classes or --label regression")
-    kind = kinds.pop()
-    num_classes = 1
-    if kind == "classification":
-        num_classes = max(int(p[2].max()) for p in prepared.values()) + 1
-        num_classes = max(num_classes, 2)
+    targets: dict[str, tuple[str, int]] = {}
+    for target, found_kinds in kinds.items():
+        if len(found_kinds) != 1:
+            raise DataError(f"{raw.source}: labels of {target!r} are classes in some splits and "
+                            "real values in others; pass --label classes or --label regression")
+        kind = found_kinds.pop()
+        train_labels = prepared["train"][2][target]
+        present = label_mask(torch.from_numpy(train_labels))
+        if not bool(present.any()):
+            raise DataError(f"{train_where[target]}: no sample has a label for target "
+                            f"{target!r} (every value is missing); expected at least one")
+        num_classes = 1
+        if kind == "classification":
+            num_classes = max(int(p[2][target].max()) for p in prepared.values()) + 1
+            num_classes = max(num_classes, 2)
+        targets[target] = (kind, num_classes)
 
     tensors: dict[str, tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = {}
     for split_name, (xs, lengths, _, _) in prepared.items():
@@ -384,10 +488,12 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
             if missing:
                 raise DataError(f"{raw.source}: no normalisation statistics for modality "
                                 f"{missing[0]!r} (the model knows {', '.join(stats)})")
-            x_t = {k: _apply_stats(v, n_t[k], stats[k], k) for k, v in x_t.items()}
-        labels = prepared[split_name][2]
-        splits[split_name] = MultimodalSplit(x_t, n_t, torch.from_numpy(labels),
-                                             prepared[split_name][3])
-    info = DataInfo(input_sizes=dims, steps=steps, kind=kind, num_classes=num_classes,
-                    name=raw.name)
+            # The arrays are this function's own copies (_to_front): normalise in place.
+            x_t = {k: _apply_stats(v, n_t[k], stats[k], k, inplace=True)
+                   for k, v in x_t.items()}
+        labels = {k: torch.from_numpy(v) for k, v in prepared[split_name][2].items()}
+        splits[split_name] = MultimodalSplit(x_t, n_t, labels, prepared[split_name][3])
+    first_kind, first_classes = next(iter(targets.values()))
+    info = DataInfo(input_sizes=dims, steps=steps, kind=first_kind, num_classes=first_classes,
+                    name=raw.name, targets=targets)
     return MultimodalData(info=info, splits=splits, normalization=stats, report=report)

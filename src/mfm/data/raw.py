@@ -54,9 +54,12 @@ class RawData:
         padding: side of the padding in the arrays: ``left`` (leading zeros), ``right``,
             or ``auto`` (either; lengths inferred from both ends).
         name: a short name for tables.
+        default_target: the target selection (``DataConfig.target`` syntax) used when the
+            user gives none; ``None`` means the main labels.
     """
 
     source: str
     splits: dict[str, RawSplit]
     padding: Literal["left", "right", "auto"] = "right"
     name: str = "data"
+    default_target: str | None = None

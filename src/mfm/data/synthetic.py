@@ -12,7 +12,12 @@ Generative story, for sample ``i`` and modality ``m`` of ``M``:
   white noise ``e``;
 * regression label ``y_i = clip(w . s_i + 0.1 * n_i, -3, 3)`` with ``||w|| = 1.5`` (so it
   looks like a sentiment score); classification label ``argmax(W s_i)`` over
-  ``num_classes`` columns.
+  ``num_classes`` columns;
+* with ``targets = K > 1``: targets ``y1 .. yK`` as above, each with its own ``w`` (or
+  ``W``); the last ``noise_targets`` of them are instead pure noise, independent of
+  everything (regression ``noise_scale * n_i``, classification a uniform class), and
+  are named ``noise1 ..``; ``missing_labels`` removes that fraction of every target's
+  labels at random (NaN), independently per target.
 
 Each modality alone carries ``s`` under its own noise and private nuisance, so fusing
 modalities predicts better than any one; a good factorisation puts ``s`` in Z_y and the
@@ -51,6 +56,11 @@ class SyntheticOptions:
         private_scale: scale of the private (label-irrelevant) signal.
         offset: a constant added to every feature at valid steps (real features are rarely
             centred; with an offset, a raw 0 is far from the data).
+        targets: number of targets ``K`` (one head each when ``K > 1``).
+        noise_targets: how many of the ``K`` targets are pure noise.
+        noise_scale: standard deviation of a regression noise target (not clipped; a
+            target on another scale than the others).
+        missing_labels: fraction of each target's labels removed (NaN).
         ragged: draw per-sample lengths instead of using full length.
         min_fraction: shortest ragged length as a fraction of ``T``.
         seed: seed of the generator.
@@ -69,6 +79,10 @@ class SyntheticOptions:
     noise: float = 1.0
     private_scale: float = 1.0
     offset: float = 0.0
+    targets: int = 1
+    noise_targets: int = 0
+    noise_scale: float = 1.5
+    missing_labels: float = 0.0
     ragged: bool = True
     min_fraction: float = 0.5
     seed: int = 0
@@ -105,6 +119,10 @@ class SyntheticOptions:
             ("private_dim", self.private_dim >= 1, ">= 1"),
             ("noise", self.noise >= 0, ">= 0"),
             ("min_fraction", 0 < self.min_fraction <= 1, "in (0, 1]"),
+            ("targets", self.targets >= 1, ">= 1"),
+            ("noise_targets", 0 <= self.noise_targets <= self.targets, "in [0, targets]"),
+            ("missing_labels", 0 <= self.missing_labels < 1, "in [0, 1)"),
+            ("noise_scale", self.noise_scale > 0, "> 0"),
             ("task", self.task in ("regression", "classification"),
              "'regression' or 'classification'"),
         ]
@@ -163,14 +181,26 @@ def generate_synthetic(options: SyntheticOptions | None = None) -> RawData:
     k, j = opt.shared_dim, opt.private_dim
 
     shared = rng.standard_normal((total, k))
-    w = rng.standard_normal(k)
-    w *= 1.5 / np.linalg.norm(w)
-    if opt.task == "regression":
-        target = np.clip(shared @ w + 0.1 * rng.standard_normal(total), -3.0, 3.0)
-        target = target.astype(np.float32)
-    else:
-        logits = shared @ rng.standard_normal((k, opt.num_classes))
-        target = logits.argmax(axis=1).astype(np.int64)
+    target = _target(opt, rng, shared, noise=False)
+    named: dict[str, np.ndarray] = {}
+    if opt.targets > 1:
+        clean = opt.targets - opt.noise_targets
+        named["y1" if clean else "noise1"] = target
+        for i in range(1, opt.targets):
+            noise = i >= clean
+            name = f"noise{i - clean + 1}" if noise else f"y{i + 1}"
+            named[name] = _target(opt, rng, shared, noise=noise)
+    if opt.missing_labels > 0:
+        for name, values in (named or {"label": target}).items():
+            gone = rng.random(total) < opt.missing_labels
+            values = values.astype(np.float32)
+            values[gone] = np.nan
+            if named:
+                named[name] = values
+            else:
+                target = values
+    if named:
+        target = next(iter(named.values()))
 
     aligned = len(set(steps)) == 1
     common_fraction = rng.uniform(opt.min_fraction, 1.0, size=total)
@@ -208,6 +238,29 @@ def generate_synthetic(options: SyntheticOptions | None = None) -> RawData:
             labels=target[sl],
             lengths={k_: v[sl] for k_, v in lengths.items()},
             ids=[f"{split}-{i}" for i in range(size)],
+            targets={k_: v[sl] for k_, v in named.items()},
         )
         start += size
-    return RawData(source="synthetic", splits=splits, padding="right", name="synthetic")
+    return RawData(source="synthetic", splits=splits, padding="right", name="synthetic",
+                   default_target=",".join(named) or None)
+
+
+def _target(opt: SyntheticOptions, rng: np.random.Generator, shared: np.ndarray,
+            noise: bool) -> np.ndarray:
+    """One target for every sample: driven by the ``(N, k)`` shared factor, or pure noise.
+
+    Returns:
+        ``(N,)`` float32 regression values or int64 class indices.
+    """
+    total, k = shared.shape
+    if noise:
+        if opt.task == "regression":
+            return (opt.noise_scale * rng.standard_normal(total)).astype(np.float32)
+        return rng.integers(0, opt.num_classes, total).astype(np.int64)
+    w = rng.standard_normal(k)
+    if opt.task == "regression":
+        w *= 1.5 / np.linalg.norm(w)
+        values = shared @ w + 0.1 * rng.standard_normal(total)
+        return np.clip(values, -3.0, 3.0).astype(np.float32)
+    logits = shared @ rng.standard_normal((k, opt.num_classes))
+    return logits.argmax(axis=1).astype(np.int64)

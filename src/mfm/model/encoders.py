@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from torch import Tensor, nn
+from torch.nn import functional as F
+
+from mfm.model.recurrent import Packing, lstm_module_weights, lstm_scan, scan_supported
 
 
 class MLP(nn.Sequential):
@@ -46,14 +49,28 @@ class SequenceEncoder(nn.Module):
         input_size: features per step ``d_m``.
         hidden: LSTM hidden size.
         out_size: size of the factor.
+        fast: allow running the LSTM's weights with
+            :func:`mfm.model.recurrent.lstm_scan` (the same computation: the input
+            projection as one product over the valid steps only, a hand-written backward
+            without an input gradient). It is used when the input is wide
+            (``input_size >= 4 * hidden``), where ``nn.LSTM``'s fused backward is slow on
+            CPU; for narrow inputs the fused ``nn.LSTM`` is faster and is kept.
     """
 
-    def __init__(self, input_size: int, hidden: int, out_size: int) -> None:
+    def __init__(self, input_size: int, hidden: int, out_size: int, fast: bool = True) -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden, batch_first=True)
         self.proj = nn.Linear(hidden, out_size)
+        self.fast = fast and input_size >= 4 * hidden
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Map ``(B, T, d)`` features and ``(B,)`` lengths to a ``(B, out_size)`` factor."""
+        if self.fast and scan_supported(self.lstm):
+            # Rows stop at their length (packed on CPU); the state after each row's last
+            # valid step is the same as last_valid's.
+            plan = Packing.build(lengths.clamp(min=0, max=x.shape[1]), x.shape[1])
+            w_ih, bias, w_hh = lstm_module_weights(self.lstm)
+            h_out, _ = lstm_scan(F.linear(plan.pack(x), w_ih, bias), [w_hh], plan)
+            return self.proj(plan.unsort(plan.last(h_out)))
         outputs, _ = self.lstm(x)
         return self.proj(last_valid(outputs, lengths))

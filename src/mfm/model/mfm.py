@@ -9,7 +9,12 @@ Generation::
 
     F_y = G_y(Z_y),  F_m = G_m(Z_a,m)
     X^_m = Dec_m([F_y, F_m])            every modality rebuilt from its factors
-    Y^   = D(F_y)                       the label from the discriminative factor alone
+    Y^_k = D_k(F_y)                     every target k from the discriminative factor alone
+
+``model.kind`` turns the same class into a baseline or an ablation (the MFN alone, early
+or late fusion, the MFM without Z_y, without Z_a,m, or without its generative part): it
+chooses the Z_y encoder and switches off the parts the kind lacks; see
+:mod:`mfm.model.baselines`.
 
 Inputs are right-padded (see :mod:`mfm.data.batch`) with per-sample lengths per
 modality; the model never reads a padded step. The objective lives in
@@ -62,6 +67,7 @@ from torch import Tensor, nn
 
 from mfm.config import ModelConfig
 from mfm.data.batch import step_mask
+from mfm.model.baselines import EarlyFusionEncoder, LateFusionEncoder, parts_of
 from mfm.model.decoders import SequenceDecoder
 from mfm.model.encoders import MLP, SequenceEncoder
 from mfm.model.mfn import MemoryFusionNetwork, aligned_view
@@ -74,21 +80,29 @@ class MFMOutput:
     """Everything one forward pass produces.
 
     Attributes:
-        prediction: ``(B,)`` regression values or ``(B, C)`` class logits.
+        predictions: target name -> ``(B,)`` regression values or ``(B, C)`` class logits.
         reconstructions: modality -> ``(B, T_m, d_m)`` rebuilt sequence (padded steps
             hold values too; losses ignore them).
-        z_y: ``(B, zy)`` multimodal discriminative factor.
-        z: modality -> ``(B, z_m)`` modality-specific factor.
+        z_y: ``(B, zy)`` multimodal discriminative factor (``(B, 0)`` for ``mfm-no-zy``).
+        z: modality -> ``(B, z_m)`` modality-specific factor (empty for kinds without).
         f_y: ``(B, fy)``.
         f: modality -> ``(B, f_m)``.
+        mmd: whether the objective puts the MMD prior on the factors (False for the
+            ``model.kind`` that have no MMD; see :mod:`mfm.model.baselines`).
     """
 
-    prediction: Tensor
+    predictions: dict[str, Tensor]
     reconstructions: dict[str, Tensor]
     z_y: Tensor
     z: dict[str, Tensor]
     f_y: Tensor
     f: dict[str, Tensor]
+    mmd: bool = True
+
+    @property
+    def prediction(self) -> Tensor:
+        """The first target's prediction (the only one for single-target data)."""
+        return next(iter(self.predictions.values()))
 
 
 def check_modality_names(names: list[str]) -> None:
@@ -111,9 +125,10 @@ class MFM(nn.Module):
 
     def __init__(self, config: ModelConfig, input_sizes: Mapping[str, int]) -> None:
         super().__init__()
-        if config.output.kind == "auto":
+        self.targets = config.target_specs()
+        if any(t.kind == "auto" for t in self.targets.values()):
             raise ValueError(
-                "model.output.kind is 'auto': resolve it from the data first "
+                "a target's kind is 'auto': resolve it from the data first "
                 "(mfm.config.resolve_output)"
             )
         self.config = config
@@ -121,30 +136,60 @@ class MFM(nn.Module):
         check_modality_names(self.names)
         self.input_sizes = {k: int(v) for k, v in input_sizes.items()}
         mods = {name: config.modality(name) for name in self.names}
+        # model.kind chooses the Z_y encoder and which optional parts exist
+        # (mfm.model.baselines); modules are created in the same order for every kind.
+        self.parts = parts_of(config.kind)
+        parts = self.parts
+        factors = mods if parts.modality_factors else {}
         self.encoders = nn.ModuleDict(
             {n: SequenceEncoder(self.input_sizes[n], mods[n].encoder_hidden or mods[n].hidden,
-                                mods[n].z) for n in mods}
+                                mods[n].z, fast=config.fast_recurrence) for n in factors}
         )
-        self.mfn = self._make_mfn()
-        self.to_zy = nn.Linear(self.mfn.output_size, config.zy)
+        self.mfn: MemoryFusionNetwork | None = None
+        self.to_zy: nn.Linear | None = None
+        self.fusion: EarlyFusionEncoder | LateFusionEncoder | None = None
+        sizes = [self.input_sizes[n] for n in self.names]
+        hiddens = [mods[n].hidden for n in self.names]
+        if parts.zy_encoder == "mfn":
+            self.mfn = self._make_mfn()
+            self.to_zy = nn.Linear(self.mfn.output_size, config.zy)
+        elif parts.zy_encoder == "early":
+            self.fusion = EarlyFusionEncoder(sizes, sum(hiddens), config.zy, config.alignment,
+                                             config.mfn_steps)
+        elif parts.zy_encoder == "late":
+            self.fusion = LateFusionEncoder(sizes, hiddens, config.zy)
         # Surrogate inference for samples with absent modalities: a second MFN of the same
         # shape fuses the present modalities; Z_y and each absent Z_a,m come from its state.
-        self.surrogate_mfn = self._make_mfn()
-        self.surrogate_to_zy = nn.Linear(self.mfn.output_size, config.zy)
+        self.surrogate_mfn: MemoryFusionNetwork | None = None
+        self.surrogate_to_zy: nn.Linear | None = None
+        if parts.surrogate:
+            self.surrogate_mfn = self._make_mfn()
+            if parts.zy_encoder is not None:
+                self.surrogate_to_zy = nn.Linear(self.surrogate_mfn.output_size, config.zy)
+        state_size = self.surrogate_mfn.output_size if self.surrogate_mfn is not None else 0
         self.surrogates = nn.ModuleDict(
-            {n: MLP(self.mfn.output_size, config.surrogate_hidden, m.z) for n, m in mods.items()}
+            {n: MLP(state_size, config.surrogate_hidden, m.z) for n, m in factors.items()
+             if parts.surrogate}
         )
-        self.g_y = MLP(config.zy, config.fy, config.fy, config.fy_dropout)
-        self.g = nn.ModuleDict({n: MLP(m.z, m.f, m.f, m.dropout) for n, m in mods.items()})
+        # Without Z_y (mfm-no-zy), G_y reads the concatenated F_m's in its place.
+        g_y_input = config.zy if parts.zy_encoder is not None else sum(m.f for m in mods.values())
+        self.g_y = MLP(g_y_input, config.fy, config.fy, config.fy_dropout)
+        self.g = nn.ModuleDict({n: MLP(m.z, m.f, m.f, m.dropout) for n, m in factors.items()})
+        code_sizes = {"joint": lambda m: config.fy + m.f, "own": lambda m: m.f,
+                      "shared": lambda m: config.fy}
         self.decoders = nn.ModuleDict(
             {
-                n: SequenceDecoder(config.fy + m.f, m.decoder_hidden or m.hidden,
-                                   self.input_sizes[n])
-                for n, m in mods.items()
+                n: SequenceDecoder(code_sizes[parts.decoder_input](m),
+                                   m.decoder_hidden or m.hidden, self.input_sizes[n])
+                for n, m in mods.items() if parts.decoder_input is not None
             }
         )
         out = config.output
-        self.head = MLP(config.fy, out.hidden or config.fy, out.size, out.dropout)
+        # One head per named target, each on F_y.
+        self.heads = nn.ModuleDict(
+            {name: MLP(config.fy, out.hidden or config.fy, t.size, out.dropout)
+             for name, t in self.targets.items()}
+        )
 
     def _make_mfn(self) -> MemoryFusionNetwork:
         """An MFN over this model's modalities, sized by its configuration."""
@@ -158,6 +203,7 @@ class MFM(nn.Module):
             gate_hidden=config.gate_hidden,
             gate_dropout=config.gate_dropout,
             cell=config.cell,
+            fast=config.fast_recurrence,
         )
 
     def _lengths(self, inputs: Mapping[str, Tensor],
@@ -200,7 +246,8 @@ class MFM(nn.Module):
             lengths: modality -> ``(B,)`` valid lengths; omitted means full length.
 
         Returns:
-            ``Z_y`` of shape ``(B, zy)`` and modality -> ``Z_a,m`` of shape ``(B, z_m)``.
+            ``Z_y`` of shape ``(B, zy)`` and modality -> ``Z_a,m`` of shape ``(B, z_m)``;
+            for ``model.kind`` without them, ``Z_y`` is ``(B, 0)`` and the dict is empty.
         """
         self.check_inputs(inputs)
         lengths = self._lengths(inputs, lengths)
@@ -212,22 +259,30 @@ class MFM(nn.Module):
                                                   device=inputs[n].device))
             for n in self.names
         }
-        views, mask = aligned_view(
-            [clean[n] for n in self.names],
-            [lengths[n] for n in self.names],
-            self.config.alignment,
-            self.config.mfn_steps,
-        )
-        z_y = self.to_zy(self.mfn(views, mask))  # (B, zy)
+        ordered = [clean[n] for n in self.names]
+        ordered_lengths = [lengths[n] for n in self.names]
+        views: list[Tensor] = []
+        mask = None
+        if self.mfn is not None or self.surrogate_mfn is not None:
+            views, mask = aligned_view(ordered, ordered_lengths, self.config.alignment,
+                                       self.config.mfn_steps)
+        if self.mfn is not None and self.to_zy is not None:
+            z_y = self.to_zy(self.mfn(views, mask))  # (B, zy)
+        elif self.fusion is not None:
+            z_y = self.fusion(ordered, ordered_lengths)  # (B, zy): ef-lstm, lf
+        else:
+            z_y = ordered[0].new_zeros(ordered[0].shape[0], 0)  # mfm-no-zy: no Z_y
         present = {n: (lengths[n] > 0).unsqueeze(1) for n in self.names}
-        incomplete = ~torch.stack([present[n].squeeze(1) for n in self.names], 1).all(1)
         state = None
-        if bool(incomplete.any()):
-            # The surrogate MFN fuses the present modalities of incomplete samples.
-            state = self.surrogate_mfn(views, mask)  # (B, H + memory)
-            z_y = torch.where(incomplete.unsqueeze(1), self.surrogate_to_zy(state), z_y)
+        if self.surrogate_mfn is not None:
+            incomplete = ~torch.stack([present[n].squeeze(1) for n in self.names], 1).all(1)
+            if bool(incomplete.any()):
+                # The surrogate MFN fuses the present modalities of incomplete samples.
+                state = self.surrogate_mfn(views, mask)  # (B, H + memory)
+                if self.surrogate_to_zy is not None:
+                    z_y = torch.where(incomplete.unsqueeze(1), self.surrogate_to_zy(state), z_y)
         z = {}
-        for n in self.names:
+        for n in self.encoders:
             own = self.encoders[n](clean[n], lengths[n])
             z[n] = own if state is None else torch.where(present[n], own,
                                                           self.surrogates[n](state))
@@ -244,17 +299,47 @@ class MFM(nn.Module):
             steps: modality -> number of steps ``T_m`` to generate.
 
         Returns:
-            ``(prediction, reconstructions, f, f_y)`` with the shapes of :class:`MFMOutput`.
+            ``(predictions, reconstructions, f, f_y)`` with the shapes of
+            :class:`MFMOutput`.
         """
-        f_y = self.g_y(z_y)
-        f = {n: self.g[n](z[n]) for n in self.names}
-        recon = {
-            n: self.decoders[n](torch.cat([f_y, f[n]], dim=1), steps[n]) for n in self.names
-        }
-        prediction = self.head(f_y)
-        if self.config.output.kind == "regression":
-            prediction = prediction.squeeze(-1)
-        return prediction, recon, f, f_y
+        if self.parts.zy_encoder is not None:
+            f_y = self.g_y(z_y)
+            f = {n: self.g[n](z[n]) for n in self.g}
+        else:  # mfm-no-zy: F_y = G_y([F_1 .. F_M])
+            f = {n: self.g[n](z[n]) for n in self.g}
+            f_y = self.g_y(torch.cat([f[n] for n in self.names], dim=1))
+        recon = {n: self.decoders[n](self._decoder_code(f_y, f, n), steps[n])
+                 for n in self.decoders}
+        return self.predict_from(f_y), recon, f, f_y
+
+    def generative_term_names(self) -> list[str]:
+        """The reconstruction and MMD terms the objective computes for this model, in its
+        order: ``recon_<m>`` per decoder, ``mmd_zy``, ``mmd_za_<m>`` (only existing parts,
+        none of the MMD terms for kinds without MMD)."""
+        terms = [f"recon_{n}" for n in self.decoders]
+        if self.parts.mmd:
+            terms += ["mmd_zy"] if self.parts.zy_encoder is not None else []
+            terms += [f"mmd_za_{n}" for n in self.encoders]
+        return terms
+
+    def _decoder_code(self, f_y: Tensor, f: Mapping[str, Tensor], name: str) -> Tensor:
+        """What modality ``name``'s decoder reads: ``[F_y, F_m]`` (``mfm``), ``F_m``
+        (``mfm-no-zy``) or ``F_y`` (``mfm-zy-only``); ``(B, code)``."""
+        if self.parts.decoder_input == "own":
+            return f[name]
+        if self.parts.decoder_input == "shared":
+            return f_y
+        return torch.cat([f_y, f[name]], dim=1)
+
+    def predict_from(self, f_y: Tensor) -> dict[str, Tensor]:
+        """Every target's prediction from ``(B, fy)`` F_y: ``(B,)`` values or ``(B, C)``
+        logits."""
+        predictions = {}
+        for name, head in self.heads.items():
+            value = head(f_y)
+            predictions[name] = value.squeeze(-1) if self.targets[name].kind == "regression" \
+                else value
+        return predictions
 
     def forward(
         self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
@@ -267,9 +352,26 @@ class MFM(nn.Module):
         """
         z_y, z = self.encode(inputs, lengths)
         steps = {n: int(inputs[n].shape[1]) for n in self.names}
-        prediction, recon, f, f_y = self.decode(z_y, z, steps)
-        return MFMOutput(prediction=prediction, reconstructions=recon, z_y=z_y, z=z, f_y=f_y,
-                         f=f)
+        predictions, recon, f, f_y = self.decode(z_y, z, steps)
+        return MFMOutput(predictions=predictions, reconstructions=recon, z_y=z_y, z=z, f_y=f_y,
+                         f=f, mmd=self.parts.mmd)
+
+    def predict(
+        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Only the predictions (``forward(...).predictions``), without running the
+        decoders: what ``mfm predict`` needs.
+
+        Args:
+            inputs: modality -> ``(B, T_m, d_m)`` right-padded features.
+            lengths: modality -> ``(B,)`` valid lengths; omitted means full length.
+        """
+        z_y, z = self.encode(inputs, lengths)
+        if self.parts.zy_encoder is not None:
+            f_y = self.g_y(z_y)
+        else:  # mfm-no-zy: F_y = G_y([F_1 .. F_M])
+            f_y = self.g_y(torch.cat([self.g[n](z[n]) for n in self.names], dim=1))
+        return self.predict_from(f_y)
 
     def save_pretrained(
         self,

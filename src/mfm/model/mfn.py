@@ -12,12 +12,37 @@ Per step ``t`` (Zadeh et al., AAAI 2018):
 
 The output is the final ``[h_1 .. h_M, u_T]``.
 
-Batched formulation. All modalities' cells are one LSTM over the concatenated state
-``h = [h_1 .. h_M]`` (size ``H = sum h_m``): input projections of every step are computed
-for all steps before the time loop; the recurrent weight is the block-diagonal matrix of
-the per-modality recurrent weights (assembled once per forward, so no cross-modality
-weight exists or receives a gradient). Each step is therefore a fixed handful of batched
-matrix products whatever the number of modalities.
+Reference formulation (:meth:`MemoryFusionNetwork.reference_forward`). All modalities'
+cells are one LSTM over the concatenated state ``h = [h_1 .. h_M]`` (size
+``H = sum h_m``): input projections of every step are computed before the time loop; the
+recurrent weight is the block-diagonal matrix of the per-modality recurrent weights
+(assembled once per forward, so no cross-modality weight exists or receives a gradient);
+every operation of every step is recorded by autograd.
+
+Fast path (``cell = "lstm"``, the default; ``model.fast_recurrence``). With plain LSTM
+cells the memory ``u`` never feeds back into the cells, and the attention, ``a * c*`` and
+the candidate ``c^`` depend only on ``(c_{t-1}, c_t)``. So the fast forward runs in three
+stages:
+
+1. all cells over the whole sequence in one scan (:func:`mfm.model.recurrent.lstm_scan`:
+   a time loop outside autograd, each cell's own recurrent block, a hand-written
+   backward), giving ``h_t`` and ``c_t`` for every step;
+2. the attention MLP, ``a * c*``, the candidate MLP and the ``a * c*`` part of the gate
+   MLPs' first layer for all rows at once;
+3. the gated memory alone (:func:`mfm.model.recurrent.memory_scan`): per step only
+   ``relu(pre_t + u W_u^T)``, the gate output layers and the update of ``u``.
+
+Rows are *packed* (:class:`mfm.model.recurrent.Packing`): a sample's steps after the last
+one where any modality is real only carry its state, so on CPU they are skipped (the input
+projections included); on other devices every step runs and the masks carry the state,
+which needs no host synchronisation.
+
+This is the same computation as the per-step loop (kept as the reference and used for
+``cell = "lsthm"``, where the cells read ``u``); outputs and gradients agree to rounding
+(``tests/test_fast_mfn.py``). Only dropout draws its masks differently: the reference
+draws a fresh mask per step inside the loop, the fast path draws the masks of all steps
+at once (same distribution, other random numbers), so with dropout on the two paths give
+different samples of the same random function.
 
 Padding. The MFN reads an *aligned view*: ``M`` sequences of the same length ``S`` and a
 ``(B, S, M)`` mask. Where a modality's step is masked its ``(h_m, c_m)`` is carried over
@@ -32,8 +57,10 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mfm.data.batch import step_mask
+from mfm.model.recurrent import Packing, gate_major_order, lstm_scan, memory_scan, scan_rows
 
 
 def resample_segments(x: Tensor, lengths: Tensor, steps: int) -> Tensor:
@@ -128,6 +155,8 @@ class MemoryFusionNetwork(nn.Module):
         gate_hidden: width of the two gate MLPs.
         gate_dropout: dropout inside them.
         cell: ``lstm`` or ``lsthm``.
+        fast: use the staged fast forward for ``lstm`` cells (see the module docstring);
+            False: always the reference per-step loop.
     """
 
     def __init__(
@@ -140,6 +169,7 @@ class MemoryFusionNetwork(nn.Module):
         gate_hidden: int,
         gate_dropout: float,
         cell: str = "lstm",
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if len(input_sizes) != len(hidden_sizes) or not input_sizes:
@@ -151,6 +181,7 @@ class MemoryFusionNetwork(nn.Module):
         self.total_hidden = total
         self.memory_size = memory
         self.cell = cell
+        self.fast = fast
         # Input weights: one Linear per modality producing its four gates [i, f, g, o].
         self.input_proj = nn.ModuleList(
             nn.Linear(d, 4 * h) for d, h in zip(input_sizes, self.hidden_sizes, strict=True)
@@ -167,6 +198,13 @@ class MemoryFusionNetwork(nn.Module):
         self.gate1_out = nn.Linear(gate_hidden, memory)
         self.gate2_out = nn.Linear(gate_hidden, memory)
         self.gate_hidden = gate_hidden
+        # Index tensors of the fast path, kept on the module's device (no host copies per
+        # step): the modality of each cell unit, and the scan's gate-major column order.
+        self.register_buffer("unit_modality", torch.repeat_interleave(
+            torch.arange(len(self.hidden_sizes)), torch.tensor(self.hidden_sizes)),
+            persistent=False)
+        self.register_buffer("scan_order", gate_major_order(self.hidden_sizes),
+                             persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -190,19 +228,90 @@ class MemoryFusionNetwork(nn.Module):
         return torch.cat(split, dim=-1).flatten(-2)
 
     def recurrent_matrix(self) -> Tensor:
-        """The ``(H, 4 H)`` block-diagonal recurrent weight in gate-major column order."""
+        """The ``(H, 4 H)`` block-diagonal recurrent weight in gate-major column order
+        (``nn.LSTM``'s ``[i, f, g, o]``; the reference loop's layout)."""
         blocks = [torch.block_diag(*[w[g] for w in self.recurrent]) for g in range(4)]
         return torch.stack(blocks, dim=1).flatten(1)  # (H, 4, H) -> (H, 4H)
 
-    def forward(self, inputs: Sequence[Tensor], mask: Tensor) -> Tensor:
+    def _scan_gates(self, packed: Sequence[Tensor]) -> Tensor:
+        """Input parts of the gates for :func:`lstm_scan`: ``M`` packed ``(N, d_m)`` inputs
+        -> ``(N, 4 H)``, each modality's ``4 h_m`` columns in scan gate order
+        (:data:`mfm.model.recurrent.SCAN_GATES`), modalities one after the other."""
+        per = [F.linear(x, scan_rows(proj.weight), scan_rows(proj.bias))
+               for proj, x in zip(self.input_proj, packed, strict=True)]
+        return per[0] if len(per) == 1 else torch.cat(per, dim=1)
+
+    def forward(self, inputs: Sequence[Tensor], mask: Tensor, fast: bool | None = None
+                ) -> Tensor:
         """Run the MFN over an aligned view.
 
         Args:
             inputs: ``M`` tensors ``(B, S, d_m)``.
-            mask: ``(B, S, M)`` bool, True where modality ``m``'s step is real.
+            mask: ``(B, S, M)`` bool, True where modality ``m``'s step is real (any
+                pattern: a masked step carries the cell's state over).
+            fast: override ``self.fast`` (None: keep it). The fast path applies to
+                ``lstm`` cells; ``lsthm`` always runs the reference loop.
 
         Returns:
             ``(B, H + memory)``: the final ``[h_1 .. h_M, u]``.
+        """
+        if (self.fast if fast is None else fast) and self.memory_proj is None:
+            return self.fast_forward(inputs, mask)
+        return self.reference_forward(inputs, mask)
+
+    def fast_forward(self, inputs: Sequence[Tensor], mask: Tensor, pack: bool | None = None
+                     ) -> Tensor:
+        """The staged forward of ``lstm`` cells (module docstring); same shapes as forward.
+
+        Rows run in the layout of :class:`mfm.model.recurrent.Packing`: a sample's steps
+        after the last one where any modality is real change nothing and are skipped
+        (``pack``; None: on CPU, where reading the ends on the host costs nothing).
+        Values at masked steps must be finite.
+        """
+        if self.memory_proj is not None:
+            raise ValueError("the fast MFN path needs cell 'lstm' (lsthm cells read u)")
+        batch, steps = mask.shape[0], mask.shape[1]
+        total = self.total_hidden
+        dtype = inputs[0].dtype
+        if steps == 0 or batch == 0:
+            return torch.zeros(batch, self.output_size, dtype=dtype, device=mask.device)
+        any_step = mask.any(dim=2)  # (B, S)
+        time = torch.arange(1, steps + 1, device=mask.device)
+        plan = Packing.build((any_step * time).amax(dim=1), steps, pack)  # ends: last real + 1
+        x_gates = self._scan_gates([plan.pack(x) for x in inputs])  # (N, 4H)
+        packed_mask = plan.pack(mask)  # (N, M)
+        active = any_active = None
+        # Packed rows are within each sample's range, so with aligned lengths and every
+        # modality present nothing needs masking; checking reads the host (CPU only).
+        if not plan.packed or not bool(packed_mask.all()):
+            active = packed_mask.index_select(1, self.unit_modality).to(dtype)  # (N, H)
+            packed_any = packed_mask.any(dim=1, keepdim=True)
+            if not plan.packed or not bool(packed_any.all()):
+                any_active = packed_any.to(dtype)  # (N, 1)
+        h_out, c_out = lstm_scan(x_gates, list(self.recurrent), plan, active,
+                                 perm=self.scan_order)  # (N, H) each
+        # c* = [c_{t-1}, c_t] of every packed row (c_{-1} = 0): (N, 2H).
+        c_prev = torch.cat([c_out.new_zeros(plan.counts[0], total),
+                            c_out.index_select(0, plan.prev_index)])
+        c_star = torch.cat([c_prev, c_out], dim=1)
+        attended = torch.softmax(self.attention(c_star), dim=1) * c_star
+        candidate = torch.tanh(self.candidate(attended))  # (N, memory)
+        weight = self.gates_in.weight  # (2G, 2H + memory): columns [a * c*, u]
+        pre = F.linear(attended, weight[:, : 2 * total], self.gates_in.bias)  # (N, 2G)
+        keep = None
+        p = self.gates_drop.p
+        if self.training and p > 0:
+            keep = (pre.new_zeros(pre.shape) if p >= 1
+                    else pre.new_empty(pre.shape).bernoulli_(1 - p).div_(1 - p))
+        u = memory_scan(pre, candidate, plan, weight[:, 2 * total:],
+                        (self.gate1_out.weight, self.gate1_out.bias),
+                        (self.gate2_out.weight, self.gate2_out.bias), any_active, keep)
+        return plan.unsort(torch.cat([plan.last(h_out), u], dim=1))
+
+    def reference_forward(self, inputs: Sequence[Tensor], mask: Tensor) -> Tensor:
+        """The per-step loop, every operation under autograd; same shapes as forward.
+
+        The reference the fast path is tested against, and the path of ``lsthm`` cells.
         """
         batch, steps = mask.shape[0], mask.shape[1]
         x_gates = self._gate_major([proj(x) for proj, x in zip(self.input_proj, inputs,

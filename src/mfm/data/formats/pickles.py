@@ -288,6 +288,9 @@ def _mmsa_split(
     where = f"{path}: {name}/regression_labels"
     out.labels = _squeeze_labels(_as_array(split["regression_labels"], where))
     out.origin["labels"] = where
+    # Also selectable by name, next to the CH-SIMS unimodal labels (--target).
+    out.targets["regression_labels"] = out.labels
+    out.origin["targets/regression_labels"] = where
     for key in _MMSA_TARGETS:
         if key in split:
             where = f"{path}: {name}/{key}"
