@@ -75,8 +75,6 @@ class MFMModule(L.LightningModule):
             {stage: TargetMetrics(kinds) for stage in ("valid", "test")}
         )
         self.weighting = self._make_weighting()
-        self._epoch_sums: dict[str, Tensor] = {}
-        self._epoch_steps = 0
 
     def term_names(self) -> list[str]:
         """Every term the objective can produce, in a fixed order."""
@@ -167,9 +165,6 @@ class MFMModule(L.LightningModule):
         if stage == "train":
             self.log_dict({f"weight/{k}": v for k, v in weights.items()}, on_step=False,
                           on_epoch=True, batch_size=len(batch), sync_dist=True)
-            for name, value in raw.items():
-                self._epoch_sums[name] = self._epoch_sums.get(name, 0) + value.detach()
-            self._epoch_steps += 1
         self.log_dict(
             {f"{stage}/{name}": value.detach() for name, value in terms.items()},
             on_step=False, on_epoch=True, batch_size=len(batch), sync_dist=True,
@@ -208,12 +203,16 @@ class MFMModule(L.LightningModule):
         self.weighting.renormalise()
 
     def on_train_epoch_end(self) -> None:
-        if self._epoch_steps:
-            names = sorted(self._epoch_sums)
-            sums = torch.stack([torch.as_tensor(self._epoch_sums[k]) for k in names])
-            means = self.trainer.strategy.reduce(sums / self._epoch_steps, reduce_op="mean")
-            self.weighting.on_epoch_end(dict(zip(names, means.tolist(), strict=True)))
-        self._epoch_sums, self._epoch_steps = {}, 0
+        # The epoch means of the terms as logged (``train/<term>``, averaged over every
+        # process by Lightning). Reading them here, rather than reducing tensors of our own,
+        # keeps the processes' collectives in one order: rank 0's progress bar may already
+        # have synchronised the logged values at this point, and the other ranks then
+        # synchronise the same values, in the same order, here.
+        logged = self.trainer.callback_metrics
+        losses = {name: float(logged[f"train/{name}"]) for name in self.term_names()
+                  if f"train/{name}" in logged}
+        if losses:
+            self.weighting.on_epoch_end(losses)
 
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         output, _ = self._shared_step(batch, "valid")
