@@ -18,7 +18,8 @@ from mfm.data.raw import RawData, RawSplit
 from mfm.engine import MFMModule
 from mfm.losses.objective import objective_terms, prediction_loss
 from mfm.metrics import MFMMetrics, TargetMetrics, classification_metrics, regression_metrics
-from mfm.run import fit, predict
+from mfm.model import MFM
+from mfm.run import evaluate, export, fit, predict
 from mfm.run import prepare as prepare_run
 from tests.test_engine import TINY
 
@@ -210,6 +211,10 @@ def test_fit_and_predict_with_several_targets(tmp_path: Path) -> None:
     with (tmp_path / "run" / "logs" / "metrics.csv").open() as handle:
         header = next(csv.reader(handle))
     assert {"weight/pred_y1", "train/pred_noise1", "valid/pred"} <= set(header)
+    folder = export(result.best_checkpoint, tmp_path / "model")
+    restored = MFM.from_pretrained(folder)
+    assert list(restored.heads) == ["y1", "y2", "noise1"]
+    assert evaluate(folder) == pytest.approx(evaluate(result.best_checkpoint), abs=1e-6)
     out = predict(result.best_checkpoint, tmp_path / "p.csv", progress=False)
     with out.open() as handle:
         rows = list(csv.DictReader(handle))

@@ -140,7 +140,10 @@ class MFMModule(L.LightningModule):
         if batch.targets is None:
             raise ValueError(f"{stage} data has no labels")
         output = self(batch)
-        # A target without any label in this batch gets no term (nor a regulariser).
+        # A target without any label in this batch gets no term (nor a regulariser). Under
+        # DDP a term must be logged by every process at least once per epoch (its epoch
+        # value is synchronised); a target without a single label on one process for a
+        # whole epoch is not supported.
         terms = objective_terms(
             output, batch.inputs, batch.lengths, batch.targets,
             self.config.loss, self.targets, counts=batch.counts(),
