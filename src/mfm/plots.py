@@ -33,12 +33,13 @@ def plot_training_curves(log: Path, out: Path) -> Path | None:
     """Draw loss terms (train and validation) and validation metrics over epochs.
 
     Left panel: every ``train/`` and ``valid/`` loss term on a log scale; right panel:
-    the validation metrics. Returns the PNG path, or ``None`` when the log is missing.
+    the validation metrics (with several targets: their means, and each target's MAE or
+    accuracy dotted). Returns the PNG path, or ``None`` when the log is missing.
     """
     if not log.is_file():
         return None
     series = read_epoch_log(log)
-    terms = ("loss", "pred", "recon_", "mmd_")
+    terms = ("loss", "pred", "recon_", "mmd_", "missing")
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     names = sorted({k.partition("/")[2] for k in series if k.startswith(("train/", "valid/"))})
     colours = {name: f"C{i % 10}" for i, name in enumerate(names)}
@@ -55,16 +56,20 @@ def plot_training_curves(log: Path, out: Path) -> Path | None:
             label = name if stage == "train" else None
             left.plot(xs, ys, style, color=colours[name], label=label)
         elif stage == "valid":
-            right.plot(xs, ys, color=colours[name], label=name)
+            target, _, metric = name.rpartition("/")
+            if target and metric not in ("MAE", "accuracy"):
+                continue  # per-target metrics: only the main one, beside the means
+            right.plot(xs, ys, ":" if target else "-", color=colours[name], label=name)
     left.set_yscale("log")
     left.set_xlabel("epoch")
     left.set_ylabel("loss term (log scale)")
     left.set_title("Objective terms (raw): solid = train, dashed = validation")
-    left.legend(fontsize=7, ncol=2)
     right.set_xlabel("epoch")
     right.set_ylabel("metric value")
     right.set_title("Validation metrics")
-    right.legend(fontsize=7, ncol=2)
+    for axis in (left, right):
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
