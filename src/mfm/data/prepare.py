@@ -189,7 +189,8 @@ def _split_targets(raw: RawData, split: RawSplit, split_name: str,
                 result[name] = (labels[:, column] if labels.ndim == 2 else labels, where)
         else:
             if source not in split.targets:
-                names = ", ".join(split.targets) or "none"
+                names = ", ".join([*(["labels"] if split.labels is not None else []),
+                                   *split.targets]) or "none"
                 raise DataError(
                     f"{raw.source}: {split_name}/{source}: no such target (available: {names})"
                 )
