@@ -127,12 +127,10 @@ class Weighting(nn.Module):
         """
         present = [i for i, n in enumerate(self.names) if n in terms]
         total, weights = self._combine(terms, present, shared)
-        for name, lam in self.fixed.items():
-            if name in self.names or name not in terms:
-                continue
-            part = lam * terms[name]
-            total = part if total is None else total + part
-            weights[name] = torch.tensor(lam, dtype=terms[name].dtype, device=terms[name].device)
+        fixed = _constant_weights(terms, {name: lam for name, lam in self.fixed.items()
+                                          if name not in self.names and name in terms})
+        total = _weighted_sum(terms, fixed, total)
+        weights.update(fixed)
         if total is None:
             total = self._anchor.clone()
         return total, weights
@@ -171,6 +169,22 @@ def _add(total: Tensor | None, part: Tensor) -> Tensor:
     return part if total is None else total + part
 
 
+def _constant_weights(terms: Mapping[str, Tensor], lambdas: Mapping[str, float]
+                      ) -> dict[str, Tensor]:
+    """Name -> 0-d tensor ``lambda`` with the dtype and device of its term."""
+    return {name: torch.tensor(lam, dtype=terms[name].dtype, device=terms[name].device)
+            for name, lam in lambdas.items()}
+
+
+def _weighted_sum(terms: Mapping[str, Tensor], weights: Mapping[str, Tensor],
+                  total: Tensor | None = None) -> Tensor | None:
+    """``total + sum_n w_n L_n`` over the names of ``weights``, added in order (``None``
+    when both are empty)."""
+    for name, weight in weights.items():
+        total = _add(total, weight * terms[name])
+    return total
+
+
 class FixedWeighting(Weighting):
     """``total = sum_n lambda_n L_n`` with ``lambda_n = fixed.get(n, 1.0)``."""
 
@@ -179,14 +193,9 @@ class FixedWeighting(Weighting):
     def _combine(
         self, terms: Mapping[str, Tensor], present: list[int], shared: Tensor | None
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
-        total: Tensor | None = None
-        weights: dict[str, Tensor] = {}
-        for i in present:
-            name = self.names[i]
-            lam = self.fixed.get(name, 1.0)
-            total = _add(total, lam * terms[name])
-            weights[name] = torch.tensor(lam, dtype=terms[name].dtype, device=terms[name].device)
-        return total, weights
+        weights = _constant_weights(
+            terms, {self.names[i]: self.fixed.get(self.names[i], 1.0) for i in present})
+        return _weighted_sum(terms, weights), weights
 
 
 def _check_no_overlap(names: Sequence[str], fixed: Mapping[str, float] | None) -> None:
@@ -321,13 +330,8 @@ class GradNormWeighting(Weighting):
     def _combine(
         self, terms: Mapping[str, Tensor], present: list[int], shared: Tensor | None
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
-        total: Tensor | None = None
-        weights: dict[str, Tensor] = {}
-        for i in present:
-            name = self.names[i]
-            w = self.loss_weights[i].detach()
-            total = _add(total, w * terms[name])
-            weights[name] = w.clone()
+        weights = {self.names[i]: self.loss_weights[i].detach().clone() for i in present}
+        total = _weighted_sum(terms, weights)
         if not present or not (self.training and torch.is_grad_enabled()):
             return total, weights
         if shared is None:
@@ -424,14 +428,12 @@ class DWAWeighting(Weighting):
     def _combine(
         self, terms: Mapping[str, Tensor], present: list[int], shared: Tensor | None
     ) -> tuple[Tensor | None, dict[str, Tensor]]:
-        total: Tensor | None = None
-        weights: dict[str, Tensor] = {}
-        for i in present:
-            name = self.names[i]
-            w = self.current[i].to(dtype=terms[name].dtype, device=terms[name].device).clone()
-            total = _add(total, w * terms[name])
-            weights[name] = w
-        return total, weights
+        weights = {
+            self.names[i]: self.current[i].to(dtype=terms[self.names[i]].dtype,
+                                              device=terms[self.names[i]].device).clone()
+            for i in present
+        }
+        return _weighted_sum(terms, weights), weights
 
 
 def make_weighting(
