@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 
-from mfm.config import MFMConfig
+from mfm.config import MFMConfig, TargetConfig
 from mfm.data.batch import Batch
 from mfm.losses.objective import missing_terms, objective_terms, prediction_term_names
 from mfm.losses.weighting import Weighting, make_weighting
@@ -68,13 +68,21 @@ class MFMModule(L.LightningModule):
         self.config = MFMConfig.from_dict(config, source="checkpoint configuration")
         self.model = MFM(self.config.model, input_sizes)
         self.normalization = normalization
-        self.targets = self.config.model.target_specs()
-        kinds = {name: (t.kind, t.size) for name, t in self.targets.items()}
         self.pred_terms = prediction_term_names(list(self.targets))
         self.metrics = nn.ModuleDict(
-            {stage: TargetMetrics(kinds) for stage in ("valid", "test")}
+            {stage: TargetMetrics(self.target_kinds) for stage in ("valid", "test")}
         )
         self.weighting = self._make_weighting()
+
+    @property
+    def targets(self) -> dict[str, TargetConfig]:
+        """Target name -> its resolved :class:`~mfm.config.TargetConfig` (the model's)."""
+        return self.model.targets
+
+    @property
+    def target_kinds(self) -> dict[str, tuple[str, int]]:
+        """Target name -> ``(kind, size)``, as :class:`~mfm.metrics.TargetMetrics` takes."""
+        return {name: (t.kind, t.size) for name, t in self.targets.items()}
 
     def term_names(self) -> list[str]:
         """Every term the objective can produce, in a fixed order."""

@@ -547,14 +547,14 @@ def run(
     Raises:
         RunError, DataError, ConfigError: before anything is written.
     """
-    from mfm.run import _data_for, load_trained, quiet_lightning
+    from mfm.run import data_for, load_trained, quiet_lightning
 
     with quiet_lightning(verbose):
         module = load_trained(model)
         names = module.model.names
         data = None
         if data_spec is not None or not all(name in (steps or {}) for name in names):
-            _, data = _data_for(module, data_spec, data_options)
+            _, data = data_for(module, data_spec, data_options)
             if split not in data.splits:
                 raise ConfigError(f"--split: expected train, valid or test, found {split!r}")
         return generate(module, output, data, n=n, columns=columns, split=split, steps=steps,

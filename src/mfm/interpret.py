@@ -564,10 +564,10 @@ def run(
     Raises:
         RunError, DataError: before anything is written.
     """
-    from mfm.run import _data_for, load_trained, quiet_lightning
+    from mfm.run import data_for, load_trained, quiet_lightning
 
     with quiet_lightning(verbose):
         module = load_trained(model)
-        _, data = _data_for(module, data_spec, data_options)
+        _, data = data_for(module, data_spec, data_options)
         report = interpret(module, data, split, max_samples=max_samples, bins=bins, seed=seed)
     return report, write_report(report, Path(output))

@@ -71,7 +71,7 @@ def _scores(module: MFMModule, batch: Batch) -> tuple[dict[str, float], Any]:
         output = module.model(batch.inputs, batch.lengths)
     assert batch.targets is not None
     # Every target's metrics; with several, the plain names are the means over targets.
-    metrics = TargetMetrics({k: (t.kind, t.size) for k, t in module.targets.items()})
+    metrics = TargetMetrics(module.target_kinds)
     metrics.update(output.predictions, batch.targets)
     return {k: float(v) for k, v in metrics.compute().items()}, output
 

@@ -388,8 +388,14 @@ def export(checkpoint: str | Path, out: str | Path) -> Path:
                                         normalization=module.normalization)
 
 
-def _data_for(module: MFMModule, data_spec: str | None,
-              data_options: dict[str, Any] | None) -> tuple[MFMConfig, MultimodalData]:
+def data_for(module: MFMModule, data_spec: str | None,
+             data_options: dict[str, Any] | None) -> tuple[MFMConfig, MultimodalData]:
+    """Load data for a trained model: ``data_spec`` (default: its training data), read with
+    the model's configuration and normalisation statistics.
+
+    Raises:
+        DataError: the data is invalid or its modalities and sizes are not the model's.
+    """
     config = with_overrides(module.config, data_spec=data_spec, data=data_options)
     data = load(config.data, stats=module.normalization)
     expected = module.model.input_sizes
@@ -424,7 +430,7 @@ def evaluate(
     """
     with quiet_lightning(verbose):
         module = load_trained(checkpoint)
-        config, data = _data_for(module, data_spec, data_options)
+        config, data = data_for(module, data_spec, data_options)
         datamodule = MFMDataModule(data, config.train.batch_size, config.train.seed, 0)
         trainer = make_trainer(config, None, progress=progress)
         return _score(trainer, module, datamodule, None)
@@ -461,7 +467,7 @@ def predict(
 
     with quiet_lightning(verbose):
         module = load_trained(model)
-        config, data = _data_for(module, data_spec, data_options)
+        config, data = data_for(module, data_spec, data_options)
         trainer = make_trainer(config, None, progress=progress)
         specs = module.targets
         several = len(specs) > 1
@@ -526,6 +532,6 @@ def robustness(
 
     with quiet_lightning(verbose):
         module = load_trained(model)
-        _, data = _data_for(module, data_spec, data_options)
+        _, data = data_for(module, data_spec, data_options)
         report = rb.evaluate(module, data, split, seed=module.config.train.seed)
     return report, rb.write_report(report, Path(output))

@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from mfm.config import DEFAULT_TARGET
+
 PaddingSide = Literal["left", "right"]
 
 
@@ -166,7 +168,7 @@ class Batch:
             padding: side of the padding in ``inputs``.
         """
         if isinstance(target, Tensor):
-            target = {"label": target}
+            target = {DEFAULT_TARGET: target}
         lengths = dict(lengths or {})
         first = next(iter(inputs.values()))
         size = first.shape[0]
