@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     names = model.names
 
     def step() -> None:
-        output = model(inputs, lengths)
+        # What the engine's training step runs: reconstruction errors, not reconstructions.
+        output = model(inputs, lengths, errors=True)
         terms = objective_terms(output, inputs, lengths, target, config.loss,
                                 config.model.output)
         optimizer.zero_grad(set_to_none=True)
@@ -76,19 +77,27 @@ def main(argv: list[str] | None = None) -> int:
         model.zero_grad(set_to_none=True)
         sum(model.encoders[n](inputs[n], lengths[n]).sum() for n in names).backward()
 
-    code = {n: torch.randn(args.batch, config.model.fy + config.model.modality(n).f)
-            for n in names}
+    def joint_part() -> None:
+        model.zero_grad(set_to_none=True)
+        z_y, z = model.encode(inputs, lengths)
+        (z_y.sum() + sum(v.sum() for v in z.values())).backward()
+
+    f_y = torch.randn(args.batch, config.model.fy, requires_grad=True)
+    f = {n: torch.randn(args.batch, config.model.modality(n).f, requires_grad=True)
+         for n in names}
 
     def decoders_part() -> None:
         model.zero_grad(set_to_none=True)
-        sum(model.decoders[n](code[n], args.steps).sum() for n in names).backward()
+        errors = model.reconstruction_errors(f_y, f, inputs, lengths)
+        sum(errors.values()).backward()
 
     rows = []
     whole = _timed(step, args.reps)
     rows.append(["whole training step", whole * 1e3, 100.0])
-    for label, fn in (("MFN forward+backward", mfn_part),
-                      ("private encoders forward+backward", encoders_part),
-                      ("decoders forward+backward", decoders_part)):
+    for label, fn in (("joint encoding (MFN + private encoders) forward+backward", joint_part),
+                      ("  MFN alone", mfn_part),
+                      ("  private encoders alone", encoders_part),
+                      ("decoder errors forward+backward", decoders_part)):
         t = _timed(fn, args.reps)
         rows.append([label, t * 1e3, 100.0 * t / whole])
     print(f"batch {args.batch}, {args.steps} steps, dims 768/5/20, mosi-mmsa preset, "

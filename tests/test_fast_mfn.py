@@ -227,3 +227,106 @@ def test_fast_paths_with_rows_that_never_run(lengths: list[int]) -> None:
     views = [x, torch.randn(4, steps, 2, dtype=torch.float64, requires_grad=True)]
     mask = torch.stack([step_mask(n, steps), step_mask(n.flip(0), steps)], dim=-1)
     assert_same_grads(lambda fast: mfn(views, mask, fast=fast), [*views, *mfn.parameters()])
+
+
+def paired_models(sizes: dict[str, int], **changes) -> dict[bool, MFM]:
+    """The same MFM (float64, evaluation mode) with and without the fast recurrences."""
+    config = ModelConfig(
+        default_modality=ModalityConfig(hidden=4, encoder_hidden=3, z=3, f=3, dropout=0.0),
+        zy=4, fy=4, memory=5, attention_hidden=6, gate_hidden=5, attention_dropout=0.0,
+        gate_dropout=0.0, output=OutputConfig(kind="regression", size=1),  # type: ignore[arg-type]
+    )
+    config = dataclasses.replace(config, **changes)
+    torch.manual_seed(5)
+    models: dict[bool, MFM] = {}
+    for fast in (False, True):
+        model = MFM(dataclasses.replace(config, fast_recurrence=fast), sizes).double().eval()
+        if models:
+            model.load_state_dict(models[False].state_dict())
+        models[fast] = model
+    return models
+
+
+def ragged_inputs(sizes: dict[str, int], steps: dict[str, int], seed: int
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Ragged right-padded inputs with garbage (large values) in the padding; sample 1 lacks
+    the first modality, sample 2 has none, sample 0 is full."""
+    gen = torch.Generator().manual_seed(seed)
+    batch = 6
+    inputs, lengths = {}, {}
+    for m, (name, d) in enumerate(sizes.items()):
+        t = steps[name]
+        n = torch.randint(1, t + 1, (batch,), generator=gen)
+        n[0], n[2] = t, 0
+        if m == 0:
+            n[1] = 0
+        inputs[name] = torch.randn(batch, t, d, generator=gen, dtype=torch.float64) * 1e3
+        inputs[name] = torch.where(step_mask(n, t).unsqueeze(-1), inputs[name] / 1e3,
+                                   inputs[name]).requires_grad_()
+        lengths[name] = n
+    return inputs, lengths
+
+
+def reference_errors(model: MFM, inputs, lengths, scored) -> dict[str, torch.Tensor]:
+    """``masked_mse`` of the full reconstructions (the plain path)."""
+    from mfm.losses.objective import masked_mse
+
+    out = model(inputs, lengths)
+    return {n: masked_mse(out.reconstructions[n], inputs[n], scored[n])
+            for n in scored}
+
+
+@pytest.mark.parametrize("num_modalities", [1, 3, 4])
+@pytest.mark.parametrize("aligned", [True, False])
+def test_training_path_matches_reference(num_modalities: int, aligned: bool) -> None:
+    """What training computes (``errors=True``: one joint scan for the MFN's cells and the
+    private encoders, decoders that score valid steps only) against the plain modules:
+    latents, predictions, reconstruction errors and every gradient, for M = 1, 3, 4."""
+    sizes = dict(list({"a": 12, "b": 2, "c": 5, "d": 3}.items())[:num_modalities])
+    steps = {n: 5 if aligned else 4 + k for k, n in enumerate(sizes)}
+    models = paired_models(sizes)
+    inputs, lengths = ragged_inputs(sizes, steps, seed=num_modalities)
+    results = {}
+    for fast, model in models.items():
+        if fast:
+            out = model(inputs, lengths, errors=True)
+            errors = out.reconstruction_errors
+            assert out.reconstructions == {}
+        else:
+            out = model(inputs, lengths)
+            errors = reference_errors(model, inputs, lengths, lengths)
+        flat = torch.cat([out.prediction.view(-1), out.z_y.view(-1),
+                          *[out.z[n].view(-1) for n in sizes],
+                          torch.stack([errors[n] for n in sizes])])
+        tensors = [*model.parameters(), *inputs.values()]
+        grads = torch.autograd.grad(flat.sin().sum(), tensors, allow_unused=True)
+        results[fast] = (flat, grads)
+    torch.testing.assert_close(results[True][0], results[False][0], **TOL)
+    for k, (g_fast, g_ref) in enumerate(zip(results[True][1], results[False][1], strict=True)):
+        if g_ref is None or g_fast is None:
+            zero = g_fast if g_ref is None else g_ref
+            assert zero is None or torch.count_nonzero(zero) == 0, f"gradient {k}"
+        else:
+            torch.testing.assert_close(g_fast, g_ref, **TOL, msg=f"gradient {k}")
+
+
+def test_scored_steps_of_a_missing_modality_pass() -> None:
+    """``errors=<lengths>`` scores only the given steps (a missing-modality pass scores the
+    removed samples' steps): equal to ``masked_mse`` with those lengths."""
+    sizes = {"a": 12, "b": 2, "c": 5}
+    models = paired_models(sizes)
+    inputs, lengths = ragged_inputs(sizes, dict.fromkeys(sizes, 5), seed=9)
+    removed = {n: torch.tensor([True, False, False, True, False, True]) for n in sizes}
+    removed["b"] = ~removed["b"]
+    from mfm.losses.objective import removed_lengths
+
+    scored = removed_lengths(removed, lengths)
+    kept = {n: torch.where(removed[n], 0, lengths[n]) for n in sizes}
+    fast = models[True](inputs, kept, errors=scored).reconstruction_errors
+    ref = reference_errors(models[False], inputs, kept, scored)
+    assert fast is not None and set(fast) == set(sizes)
+    for n in sizes:
+        torch.testing.assert_close(fast[n], ref[n], **TOL)
+    none = {n: torch.zeros(6, dtype=torch.long) for n in sizes}
+    assert all(float(v.detach()) == 0 for v in models[True](inputs, lengths, errors=none)
+               .reconstruction_errors.values())

@@ -17,7 +17,12 @@ from torch import Tensor, nn
 
 from mfm.config import MFMConfig, TargetConfig
 from mfm.data.batch import Batch
-from mfm.losses.objective import missing_terms, objective_terms, prediction_term_names
+from mfm.losses.objective import (
+    missing_terms,
+    objective_terms,
+    prediction_term_names,
+    removed_lengths,
+)
 from mfm.losses.weighting import Weighting, make_weighting
 from mfm.metrics import TargetMetrics
 from mfm.model.mfm import MFM, MFMOutput
@@ -147,7 +152,9 @@ class MFMModule(L.LightningModule):
     def _shared_step(self, batch: Batch, stage: str) -> tuple[MFMOutput, dict[str, Tensor]]:
         if batch.targets is None:
             raise ValueError(f"{stage} data has no labels")
-        output = self(batch)
+        # The objective needs the reconstruction errors, not the reconstructions: the model
+        # scores the valid steps without building any (B, T, d) tensor.
+        output = self.model(batch.inputs, batch.lengths, errors=True)
         # A target without any label in this batch gets no term (nor a regulariser). Under
         # DDP a term must be logged by every process at least once per epoch (its epoch
         # value is synchronised); a target without a single label on one process for a
@@ -159,7 +166,8 @@ class MFMModule(L.LightningModule):
         removed = self.removal_mask(batch) if stage == "train" else None
         if removed is not None:
             kept = {n: torch.where(removed[n], 0, batch.lengths[n]) for n in batch.lengths}
-            dropped = self.model(batch.inputs, kept)
+            dropped = self.model(batch.inputs, kept,
+                                 errors=removed_lengths(removed, batch.lengths))
             terms.update(missing_terms(output, dropped, removed, batch.inputs, batch.lengths,
                                        self.config.loss))
         shared = None

@@ -21,26 +21,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mfm.config import LossConfig, OutputConfig, TargetConfig
-from mfm.data.batch import label_mask, step_mask
+from mfm.data.batch import label_mask
 from mfm.losses.mmd import mmd
+from mfm.model.decoders import masked_mse
 from mfm.model.mfm import MFMOutput
 
-
-def masked_mse(x_hat: Tensor, x: Tensor, lengths: Tensor) -> Tensor:
-    """Mean squared error over valid steps.
-
-    Args:
-        x_hat: ``(B, T, d)`` reconstruction.
-        x: ``(B, T, d)`` right-padded target.
-        lengths: ``(B,)`` valid lengths.
-
-    Returns:
-        0-d tensor: squared error summed over valid steps and features, divided by their
-        count (0 when no step is valid).
-    """
-    weights = step_mask(lengths, x.shape[1]).unsqueeze(-1).to(x.dtype)
-    count = weights.sum() * x.shape[-1]
-    return ((x_hat - x) ** 2 * weights).sum() / count.clamp(min=1.0)
+__all__ = ["masked_mse", "missing_terms", "objective_terms", "prediction_loss",
+           "prediction_term_names", "removed_lengths"]
 
 
 def prediction_loss(prediction: Tensor, target: Tensor, spec: TargetConfig | OutputConfig,
@@ -121,8 +108,12 @@ def objective_terms(
         total = term if total is None else total + term
     if total is None:
         total = output.z_y.new_zeros(())
-    for name, x_hat in output.reconstructions.items():
-        term = masked_mse(x_hat, inputs[name], lengths[name])
+    if output.reconstruction_errors is not None:  # computed by the model (errors=True)
+        recon = dict(output.reconstruction_errors)
+    else:
+        recon = {name: masked_mse(x_hat, inputs[name], lengths[name])
+                 for name, x_hat in output.reconstructions.items()}
+    for name, term in recon.items():
         terms[f"recon_{name}"] = term
         total = total + loss.recon_weight(name) * term
     # Only the factors the model has, and none for kinds without MMD (mfm.model.baselines).
@@ -137,6 +128,14 @@ def objective_terms(
         mmd_sum = mmd_sum + term
     total = total + loss.lambda_mmd * mmd_sum
     return {"loss": total, **terms}
+
+
+def removed_lengths(removed: Mapping[str, Tensor], lengths: Mapping[str, Tensor]
+                    ) -> dict[str, Tensor]:
+    """The steps a missing-modality pass scores: modality -> ``(B,)`` lengths, the real
+    length where the modality was removed, else 0 (pass it as ``MFM.forward``'s
+    ``errors`` to get :func:`missing_terms`'s reconstruction errors directly)."""
+    return {name: torch.where(mask, lengths[name], 0) for name, mask in removed.items()}
 
 
 def missing_terms(
@@ -179,7 +178,12 @@ def missing_terms(
         # Kinds without Z_a,m or decoders (mfm.model.baselines) skip those parts.
         if name in dropped.z:
             missing = missing + masked_rows_mse(dropped.z[name], target(full.z[name]), mask)
-        if name in dropped.reconstructions:
+        if dropped.reconstruction_errors is not None:
+            # The model scored only the removed samples' steps (errors=removed_lengths).
+            if name in dropped.reconstruction_errors:
+                term = dropped.reconstruction_errors[name]
+                recon = recon + loss.recon_weight(name) * term
+        elif name in dropped.reconstructions:
             kept_lengths = torch.where(mask, lengths[name], 0)  # only removed samples count
             term = masked_mse(dropped.reconstructions[name], inputs[name], kept_lengths)
             recon = recon + loss.recon_weight(name) * term

@@ -64,13 +64,15 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from mfm.config import ModelConfig
 from mfm.data.batch import step_mask
 from mfm.model.baselines import EarlyFusionEncoder, LateFusionEncoder, parts_of
-from mfm.model.decoders import SequenceDecoder
+from mfm.model.decoders import SequenceDecoder, masked_mse, squared_errors
 from mfm.model.encoders import MLP, SequenceEncoder
 from mfm.model.mfn import MemoryFusionNetwork, aligned_view
+from mfm.model.recurrent import Packing, gate_major_order, lstm_module_weights
 
 EXPORT_FORMAT = "mfm-export-1"
 
@@ -89,6 +91,10 @@ class MFMOutput:
         f: modality -> ``(B, f_m)``.
         mmd: whether the objective puts the MMD prior on the factors (False for the
             ``model.kind`` that have no MMD; see :mod:`mfm.model.baselines`).
+        reconstruction_errors: modality -> 0-d mean squared reconstruction error over
+            the scored steps, when the forward pass was asked for errors instead of
+            reconstructions (``MFM.forward(..., errors=...)``; ``reconstructions`` is
+            then empty); None otherwise.
     """
 
     predictions: dict[str, Tensor]
@@ -98,11 +104,28 @@ class MFMOutput:
     f_y: Tensor
     f: dict[str, Tensor]
     mmd: bool = True
+    reconstruction_errors: dict[str, Tensor] | None = None
 
     @property
     def prediction(self) -> Tensor:
         """The first target's prediction (the only one for single-target data)."""
         return next(iter(self.predictions.values()))
+
+
+@dataclass
+class _Packed:
+    """The packed rows one joint encoding ran on (reused to score the reconstructions).
+
+    Attributes:
+        plan: the packing (each sample's rows end at its last step of any modality).
+        rows: modality -> ``(N, d_m)`` the packed input rows as given (not zeroed).
+        valid: ``(N, M)`` bool, True where modality ``m``'s step is real; None when every
+            packed row is real for every modality.
+    """
+
+    plan: Packing
+    rows: dict[str, Tensor]
+    valid: Tensor | None
 
 
 def check_modality_names(names: list[str]) -> None:
@@ -190,6 +213,9 @@ class MFM(nn.Module):
             {name: MLP(config.fy, out.hidden or config.fy, t.size, out.dropout)
              for name, t in self.targets.items()}
         )
+        # The joint scan of every decoder keeps its gate layout on the model's device.
+        self.register_buffer("decoder_order", gate_major_order(
+            [d.lstm.hidden_size for d in self.decoders.values()]), persistent=False)
 
     def _make_mfn(self) -> MemoryFusionNetwork:
         """An MFN over this model's modalities, sized by its configuration."""
@@ -249,8 +275,29 @@ class MFM(nn.Module):
             ``Z_y`` of shape ``(B, zy)`` and modality -> ``Z_a,m`` of shape ``(B, z_m)``;
             for ``model.kind`` without them, ``Z_y`` is ``(B, 0)`` and the dict is empty.
         """
+        z_y, z, _ = self._encode(inputs, lengths)
+        return z_y, z
+
+    def _joint_ready(self, inputs: Mapping[str, Tensor]) -> bool:
+        """Whether :meth:`_encode_joint` applies: the fast recurrences, an MFN of ``lstm``
+        cells over aligned modalities (one padded length), and a non-empty batch."""
+        mfn = self.mfn
+        if not self.config.fast_recurrence or mfn is None or mfn.memory_proj is not None \
+                or not mfn.fast:
+            return False
+        shapes = {tuple(inputs[n].shape[:2]) for n in self.names}
+        if len(shapes) != 1 or self.config.alignment == "resample":
+            return False
+        batch, steps = shapes.pop()
+        return batch > 0 and steps > 0
+
+    def _encode(self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None
+                ) -> tuple[Tensor, dict[str, Tensor], _Packed | None]:
+        """:meth:`encode`, plus the packed rows when the joint scan ran."""
         self.check_inputs(inputs)
         lengths = self._lengths(inputs, lengths)
+        if self._joint_ready(inputs):
+            return self._encode_joint(inputs, lengths)
         # Padded steps and absent modalities (length 0) are zeroed before anything reads
         # them, so garbage there (even NaN) cannot reach an output or a gradient.
         clean = {
@@ -286,7 +333,57 @@ class MFM(nn.Module):
             own = self.encoders[n](clean[n], lengths[n])
             z[n] = own if state is None else torch.where(present[n], own,
                                                           self.surrogates[n](state))
-        return z_y, z
+        return z_y, z, None
+
+    def _encode_joint(self, inputs: Mapping[str, Tensor], lengths: dict[str, Tensor]
+                      ) -> tuple[Tensor, dict[str, Tensor], _Packed]:
+        """The fast encoding of aligned modalities: one scan for every cell.
+
+        The MFN's per-modality cells and the private encoders' LSTMs read the same steps,
+        so they run as the cells of one :meth:`MemoryFusionNetwork.scan` (the encoders
+        ride along: same packed rows, their state carried where their modality has no
+        step). Inputs are packed once (only steps up to each sample's last real one), and
+        the rows that are not real for a modality are zeroed there, so nothing outside a
+        sample's valid steps is ever read. The same numbers as the reference encoding.
+        """
+        names = self.names
+        mfn = self.mfn
+        assert mfn is not None and self.to_zy is not None
+        first = inputs[names[0]]
+        steps = int(first.shape[1])
+        bounded = torch.stack([lengths[n].clamp(min=0, max=steps) for n in names], dim=1)
+        plan = Packing.build(bounded.amax(dim=1), steps)
+        sample = plan.order.index_select(0, plan.position)  # (N,) the sample of each row
+        valid = plan.time.unsqueeze(1) < bounded.index_select(0, sample)  # (N, M)
+        masked = not plan.packed or not bool(valid.all())
+        rows = {n: plan.pack(inputs[n]) for n in names}
+        zero = torch.zeros((), dtype=first.dtype, device=first.device)
+        clean = [torch.where(valid[:, m:m + 1], rows[n], zero) if masked else rows[n]
+                 for m, n in enumerate(names)]
+        riders = []
+        for m, n in enumerate(names):
+            if n in self.encoders:
+                w_ih, bias, w_hh = lstm_module_weights(self.encoders[n].lstm)
+                riders.append((F.linear(clean[m], w_ih, bias), w_hh, m))
+        state, finals = mfn.scan(plan, clean, valid, riders)
+        z_y = self.to_zy(plan.unsort(state))  # (B, zy)
+        encoded = [n for n in names if n in self.encoders]
+        z = {n: self.encoders[n].proj(plan.unsort(h)) for n, h in zip(encoded, finals,
+                                                                     strict=True)}
+        if self.surrogate_mfn is not None:
+            present = bounded > 0  # (B, M)
+            incomplete = ~present.all(dim=1)
+            if bool(incomplete.any()):
+                sorted_state, _ = self.surrogate_mfn.scan(plan, clean, valid)
+                surrogate = plan.unsort(sorted_state)  # (B, H + memory)
+                if self.surrogate_to_zy is not None:
+                    z_y = torch.where(incomplete.unsqueeze(1), self.surrogate_to_zy(surrogate),
+                                      z_y)
+                for m, n in enumerate(names):
+                    if n in z:
+                        z[n] = torch.where(present[:, m:m + 1], z[n],
+                                           self.surrogates[n](surrogate))
+        return z_y, z, _Packed(plan, rows, valid if masked else None)
 
     def decode(self, z_y: Tensor, z: Mapping[str, Tensor],
                steps: Mapping[str, int]) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor],
@@ -302,15 +399,78 @@ class MFM(nn.Module):
             ``(predictions, reconstructions, f, f_y)`` with the shapes of
             :class:`MFMOutput`.
         """
-        if self.parts.zy_encoder is not None:
-            f_y = self.g_y(z_y)
-            f = {n: self.g[n](z[n]) for n in self.g}
-        else:  # mfm-no-zy: F_y = G_y([F_1 .. F_M])
-            f = {n: self.g[n](z[n]) for n in self.g}
-            f_y = self.g_y(torch.cat([f[n] for n in self.names], dim=1))
+        f_y, f = self._generative_factors(z_y, z)
         recon = {n: self.decoders[n](self._decoder_code(f_y, f, n), steps[n])
                  for n in self.decoders}
         return self.predict_from(f_y), recon, f, f_y
+
+    def _generative_factors(self, z_y: Tensor, z: Mapping[str, Tensor]
+                            ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``F_y`` ``(B, fy)`` and modality -> ``F_m`` ``(B, f_m)``."""
+        f = {n: self.g[n](z[n]) for n in self.g}
+        if self.parts.zy_encoder is not None:
+            return self.g_y(z_y), f
+        return self.g_y(torch.cat([f[n] for n in self.names], dim=1)), f  # mfm-no-zy
+
+    def reconstruction_errors(
+        self, f_y: Tensor, f: Mapping[str, Tensor], inputs: Mapping[str, Tensor],
+        scored: Mapping[str, Tensor], packed: _Packed | None = None,
+    ) -> dict[str, Tensor]:
+        """Each decoder's mean squared error over the scored steps, without building the
+        reconstructions.
+
+        The number is :func:`mfm.model.decoders.masked_mse` of the full reconstruction
+        (what the reference path computes, and what it falls back to when
+        ``model.fast_recurrence`` is off); the fast path runs every decoder in one scan
+        that stops at each sample's last scored step
+        (:func:`mfm.model.decoders.squared_errors`).
+
+        Args:
+            f_y: ``(B, fy)``.
+            f: modality -> ``(B, f_m)``.
+            inputs: modality -> ``(B, T_m, d_m)`` the targets.
+            scored: modality -> ``(B,)``: the first ``scored[m][b]`` steps of sample ``b``
+                are scored; modalities left out get no error.
+            packed: the joint encoding's rows, reused when ``scored`` are the lengths it
+                encoded (then every scored row is one of its rows).
+
+        Returns:
+            modality -> 0-d mean squared error (0 when no step is scored).
+        """
+        names = [n for n in self.decoders if n in scored]
+        codes = {n: self._decoder_code(f_y, f, n) for n in names}
+        if not names:
+            return {}
+        if not self.config.fast_recurrence:
+            return {n: masked_mse(self.decoders[n](codes[n], int(inputs[n].shape[1])),
+                                  inputs[n], scored[n]) for n in names}
+        first = inputs[names[0]]
+        steps = max(int(inputs[n].shape[1]) for n in names)
+        bounded = torch.stack([scored[n].clamp(min=0, max=int(inputs[n].shape[1]))
+                               for n in names], dim=1)  # (B, K)
+        if packed is not None and names == self.names:
+            plan, valid, targets = packed.plan, packed.valid, packed.rows
+        else:
+            plan = Packing.build(bounded.amax(dim=1), steps)
+            sample = plan.order.index_select(0, plan.position)  # (N,)
+            valid = plan.time.unsqueeze(1) < bounded.index_select(0, sample)  # (N, K)
+            if plan.packed and bool(valid.all()):
+                valid = None
+            targets = {}
+            for n in names:
+                x = inputs[n]
+                length = int(x.shape[1])
+                if length == steps:
+                    targets[n] = plan.pack(x)
+                else:  # rows past this modality's padded length are never scored
+                    index = sample * length + plan.time.clamp(max=length - 1)
+                    targets[n] = x.reshape(-1, x.shape[2]).index_select(0, index)
+        perm = self.decoder_order if names == list(self.decoders) else None
+        sums = squared_errors({n: self.decoders[n] for n in names}, codes, targets, plan, valid,
+                              perm)
+        counts = bounded.sum(dim=0).to(first.dtype)  # (K,) scored steps per modality
+        return {n: sums[n] / (counts[k] * inputs[n].shape[2]).clamp(min=1.0)
+                for k, n in enumerate(names)}
 
     def generative_term_names(self) -> list[str]:
         """The reconstruction and MMD terms the objective computes for this model, in its
@@ -342,19 +502,40 @@ class MFM(nn.Module):
         return predictions
 
     def forward(
-        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None
+        self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None,
+        *, errors: bool | Mapping[str, Tensor] = False,
     ) -> MFMOutput:
         """Encode, generate and predict.
 
         Args:
             inputs: modality -> ``(B, T_m, d_m)`` right-padded features.
             lengths: modality -> ``(B,)`` valid lengths; omitted means full length.
+            errors: instead of the reconstructions, compute each modality's mean squared
+                reconstruction error (``MFMOutput.reconstruction_errors``; the
+                objective's ``recon_m``) over its valid steps (True), or over the first
+                ``errors[m][b]`` steps of sample ``b`` for the modalities in the mapping
+                (e.g. only the removed ones of a missing-modality pass), against
+                ``inputs``. What training needs: no ``(B, T, d)`` tensor is built and the
+                decoders stop at each sample's last scored step
+                (:meth:`reconstruction_errors`).
         """
-        z_y, z = self.encode(inputs, lengths)
-        steps = {n: int(inputs[n].shape[1]) for n in self.names}
-        predictions, recon, f, f_y = self.decode(z_y, z, steps)
-        return MFMOutput(predictions=predictions, reconstructions=recon, z_y=z_y, z=z, f_y=f_y,
-                         f=f, mmd=self.parts.mmd)
+        if errors is False:
+            z_y, z = self.encode(inputs, lengths)
+            steps = {n: int(inputs[n].shape[1]) for n in self.names}
+            predictions, recon, f, f_y = self.decode(z_y, z, steps)
+            return MFMOutput(predictions=predictions, reconstructions=recon, z_y=z_y, z=z,
+                             f_y=f_y, f=f, mmd=self.parts.mmd)
+        z_y, z, packed = self._encode(inputs, lengths)
+        f_y, f = self._generative_factors(z_y, z)
+        if errors is True:
+            scored = self._lengths(inputs, lengths)
+        else:
+            scored = dict(errors)
+            packed = None
+        return MFMOutput(
+            predictions=self.predict_from(f_y), reconstructions={}, z_y=z_y, z=z, f_y=f_y,
+            f=f, mmd=self.parts.mmd,
+            reconstruction_errors=self.reconstruction_errors(f_y, f, inputs, scored, packed))
 
     def predict(
         self, inputs: Mapping[str, Tensor], lengths: Mapping[str, Tensor] | None = None

@@ -60,6 +60,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from mfm.data.batch import step_mask
+from mfm.model.dropout import Dropout, dropout_keep
 from mfm.model.recurrent import Packing, gate_major_order, lstm_scan, memory_scan, scan_rows
 
 
@@ -139,7 +140,7 @@ def aligned_view(
 
 def _mlp(in_size: int, hidden: int, out_size: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Linear(in_size, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_size)
+        nn.Linear(in_size, hidden), nn.ReLU(), Dropout(dropout), nn.Linear(hidden, out_size)
     )
 
 
@@ -194,7 +195,7 @@ class MemoryFusionNetwork(nn.Module):
         self.attention = _mlp(2 * total, attention_hidden, 2 * total, attention_dropout)
         self.candidate = _mlp(2 * total, attention_hidden, memory, attention_dropout)
         self.gates_in = nn.Linear(2 * total + memory, 2 * gate_hidden)
-        self.gates_drop = nn.Dropout(gate_dropout)
+        self.gates_drop = Dropout(gate_dropout)
         self.gate1_out = nn.Linear(gate_hidden, memory)
         self.gate2_out = nn.Linear(gate_hidden, memory)
         self.gate_hidden = gate_hidden
@@ -203,8 +204,7 @@ class MemoryFusionNetwork(nn.Module):
         self.register_buffer("unit_modality", torch.repeat_interleave(
             torch.arange(len(self.hidden_sizes)), torch.tensor(self.hidden_sizes)),
             persistent=False)
-        self.register_buffer("scan_order", gate_major_order(self.hidden_sizes),
-                             persistent=False)
+        self._orders: dict[tuple[tuple[int, ...], str], Tensor] = {}  # see _order
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -233,13 +233,20 @@ class MemoryFusionNetwork(nn.Module):
         blocks = [torch.block_diag(*[w[g] for w in self.recurrent]) for g in range(4)]
         return torch.stack(blocks, dim=1).flatten(1)  # (H, 4, H) -> (H, 4H)
 
-    def _scan_gates(self, packed: Sequence[Tensor]) -> Tensor:
+    def cell_parts(self, packed: Sequence[Tensor]) -> list[Tensor]:
         """Input parts of the gates for :func:`lstm_scan`: ``M`` packed ``(N, d_m)`` inputs
-        -> ``(N, 4 H)``, each modality's ``4 h_m`` columns in scan gate order
-        (:data:`mfm.model.recurrent.SCAN_GATES`), modalities one after the other."""
-        per = [F.linear(x, scan_rows(proj.weight), scan_rows(proj.bias))
-               for proj, x in zip(self.input_proj, packed, strict=True)]
-        return per[0] if len(per) == 1 else torch.cat(per, dim=1)
+        -> ``M`` tensors ``(N, 4 h_m)``, columns in scan gate order
+        (:data:`mfm.model.recurrent.SCAN_GATES`)."""
+        return [F.linear(x, scan_rows(proj.weight), scan_rows(proj.bias))
+                for proj, x in zip(self.input_proj, packed, strict=True)]
+
+    def _order(self, sizes: Sequence[int], device: torch.device) -> Tensor:
+        """:func:`gate_major_order` of ``sizes`` on ``device``, built once per layout."""
+        key = (tuple(sizes), str(device))
+        order = self._orders.get(key)
+        if order is None:
+            order = self._orders[key] = gate_major_order(sizes).to(device)
+        return order
 
     def forward(self, inputs: Sequence[Tensor], mask: Tensor, fast: bool | None = None
                 ) -> Tensor:
@@ -271,25 +278,56 @@ class MemoryFusionNetwork(nn.Module):
         if self.memory_proj is not None:
             raise ValueError("the fast MFN path needs cell 'lstm' (lsthm cells read u)")
         batch, steps = mask.shape[0], mask.shape[1]
-        total = self.total_hidden
-        dtype = inputs[0].dtype
         if steps == 0 or batch == 0:
-            return torch.zeros(batch, self.output_size, dtype=dtype, device=mask.device)
+            return torch.zeros(batch, self.output_size, dtype=inputs[0].dtype,
+                               device=mask.device)
         any_step = mask.any(dim=2)  # (B, S)
         time = torch.arange(1, steps + 1, device=mask.device)
         plan = Packing.build((any_step * time).amax(dim=1), steps, pack)  # ends: last real + 1
-        x_gates = self._scan_gates([plan.pack(x) for x in inputs])  # (N, 4H)
-        packed_mask = plan.pack(mask)  # (N, M)
+        state, _ = self.scan(plan, [plan.pack(x) for x in inputs], plan.pack(mask))
+        return plan.unsort(state)
+
+    def scan(self, plan: Packing, packed: Sequence[Tensor], valid: Tensor,
+             riders: Sequence[tuple[Tensor, Tensor, int]] = ()) -> tuple[Tensor, list[Tensor]]:
+        """The fast path's three stages over packed rows (``lstm`` cells).
+
+        Args:
+            plan: the packing; every sample's rows must end at its last real step.
+            packed: ``M`` packed inputs ``(N, d_m)``, finite (zero where not real).
+            valid: ``(N, M)`` bool, True where modality ``m``'s step is real.
+            riders: extra LSTM cells run in the same scan (another module's weights,
+                e.g. the MFM's private encoders): ``(x_part (N, 4 e) in scan gate
+                order, recurrent weight (4, e, e), modality index)``; a rider's state
+                is carried where its modality's step is not real. They share the
+                per-step work of the MFN's cells and never enter the MFN's state.
+
+        Returns:
+            ``(B, H + memory)`` final ``[h_1 .. h_M, u]`` and each rider's final hidden
+            state ``(B, e)``, all in the plan's sorted row order.
+        """
+        total = self.total_hidden
+        dtype = packed[0].dtype
+        parts = self.cell_parts(packed)
+        weights = list(self.recurrent)
+        sizes = list(self.hidden_sizes)
+        units = [self.unit_modality]
+        for part, weight, modality in riders:
+            parts.append(part)
+            weights.append(weight)
+            sizes.append(int(weight.shape[1]))
+            units.append(self.unit_modality.new_full((int(weight.shape[1]),), modality))
         active = any_active = None
         # Packed rows are within each sample's range, so with aligned lengths and every
         # modality present nothing needs masking; checking reads the host (CPU only).
-        if not plan.packed or not bool(packed_mask.all()):
-            active = packed_mask.index_select(1, self.unit_modality).to(dtype)  # (N, H)
-            packed_any = packed_mask.any(dim=1, keepdim=True)
+        if not plan.packed or not bool(valid.all()):
+            active = valid.index_select(1, torch.cat(units)).to(dtype)  # (N, H + riders)
+            packed_any = valid.any(dim=1, keepdim=True)
             if not plan.packed or not bool(packed_any.all()):
                 any_active = packed_any.to(dtype)  # (N, 1)
-        h_out, c_out = lstm_scan(x_gates, list(self.recurrent), plan, active,
-                                 perm=self.scan_order)  # (N, H) each
+        h_out, c_out = lstm_scan(parts, weights, plan, active,
+                                 perm=self._order(sizes, packed[0].device))
+        if riders:
+            c_out = c_out[:, :total]
         # c* = [c_{t-1}, c_t] of every packed row (c_{-1} = 0): (N, 2H).
         c_prev = torch.cat([c_out.new_zeros(plan.counts[0], total),
                             c_out.index_select(0, plan.prev_index)])
@@ -301,12 +339,16 @@ class MemoryFusionNetwork(nn.Module):
         keep = None
         p = self.gates_drop.p
         if self.training and p > 0:
-            keep = (pre.new_zeros(pre.shape) if p >= 1
-                    else pre.new_empty(pre.shape).bernoulli_(1 - p).div_(1 - p))
+            keep = dropout_keep(pre, p)
         u = memory_scan(pre, candidate, plan, weight[:, 2 * total:],
                         (self.gate1_out.weight, self.gate1_out.bias),
                         (self.gate2_out.weight, self.gate2_out.bias), any_active, keep)
-        return plan.unsort(torch.cat([plan.last(h_out), u], dim=1))
+        last = plan.last(h_out)  # (B, H + riders)
+        state = torch.cat([last[:, :total], u], dim=1)
+        bounds = [total]
+        for size in sizes[len(self.hidden_sizes):]:
+            bounds.append(bounds[-1] + size)
+        return state, [last[:, a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
     def reference_forward(self, inputs: Sequence[Tensor], mask: Tensor) -> Tensor:
         """The per-step loop, every operation under autograd; same shapes as forward.
