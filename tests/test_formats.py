@@ -734,3 +734,51 @@ def test_mfn_label_columns_map_onto_several_targets(tmp_path: Path) -> None:
                                        columns[split][:, k])
     with pytest.raises(DataError, match="choose one with --target COLUMN"):
         load(_raw_cfg(folder))
+
+
+@pytest.mark.parametrize("padding", ["left", "right", "auto"])
+def test_prepare_consume_gives_the_same_data_in_place(padding: str) -> None:
+    """``consume=True`` (what ``load`` uses for data it has just read) converts the arrays
+    in place and drops them from the raw data; the result is the same as with copies, and
+    without it the input arrays are left as they were."""
+    from mfm.data.prepare import prepare
+
+    rng = np.random.default_rng(3)
+
+    def make() -> RawData:
+        splits = {}
+        for k, split in enumerate(SPLITS):
+            n, steps = 6 + k, 7
+            lengths = rng.integers(0, steps + 1, n)
+            lengths[0] = steps
+            x = rng.normal(size=(n, steps, 3)).astype(np.float32)
+            audio = rng.normal(size=(n, steps, 2)).astype(np.float32)
+            for i, m in enumerate(lengths):  # zero padding on the chosen side
+                pad = slice(0, steps - m) if padding == "left" else slice(m, steps)
+                x[i, pad] = 0
+                audio[i, pad] = 0
+            splits[split] = RawSplit({"text": x, "audio": audio}, labels=rng.normal(size=n),
+                                     lengths={"audio": lengths})
+        return RawData("memory", splits, padding=padding)  # type: ignore[arg-type]
+
+    seed_state = rng.bit_generator.state
+    kept = make()
+    originals = {s: {k: v.copy() for k, v in kept.splits[s].features.items()} for s in SPLITS}
+    cfg = DataConfig(spec="memory")
+    copied = prepare(kept, cfg)
+    for split in SPLITS:  # consume=False leaves the input alone
+        for name, array in kept.splits[split].features.items():
+            np.testing.assert_array_equal(array, originals[split][name])
+    rng.bit_generator.state = seed_state
+    consumed_raw = make()
+    arrays = {s: dict(consumed_raw.splits[s].features) for s in SPLITS}
+    consumed = prepare(consumed_raw, cfg, consume=True)
+    for split in SPLITS:
+        assert consumed_raw.splits[split].features == {}
+        for name in ("text", "audio"):
+            torch.testing.assert_close(consumed[split].features[name],
+                                       copied[split].features[name], rtol=0, atol=0)
+            assert torch.equal(consumed[split].lengths[name], copied[split].lengths[name])
+            # converted where they were: no copy of the array was made
+            assert np.shares_memory(consumed[split].features[name].numpy(),
+                                    arrays[split][name])

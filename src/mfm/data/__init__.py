@@ -54,4 +54,5 @@ def load(config: DataConfig | str = "synthetic", stats: Stats | None = None) -> 
         DataError: one line naming the file, the key, what was expected and found.
     """
     cfg = DataConfig(spec=config) if isinstance(config, str) else config
-    return prepare(read_raw(cfg), cfg, stats)
+    # The arrays just read are nobody else's: convert them in place.
+    return prepare(read_raw(cfg), cfg, stats, consume=True)

@@ -287,15 +287,25 @@ def _infer_spans(
     return out
 
 
-def _to_front(x: np.ndarray, offset: np.ndarray, length: np.ndarray) -> np.ndarray:
+def _to_front(x: np.ndarray, offset: np.ndarray, length: np.ndarray,
+              inplace: bool = False) -> np.ndarray:
     """Move each sample's span ``[offset, offset + length)`` to the front; zero the rest.
 
     Args:
         x: ``(N, T, d)``; offset, length: ``(N,)``.
+        inplace: ``x`` may be overwritten (the caller gives it up): a writable C-contiguous
+            float32 array is then moved within itself, one sample at a time, and no
+            full-size copy is made.
     """
     steps = x.shape[1]
     positions = np.arange(steps)[None, :]
     valid = positions < length[:, None]
+    if inplace and x.dtype == np.float32 and x.flags.writeable and x.flags.c_contiguous:
+        for i in np.flatnonzero(offset):
+            start, n = int(offset[i]), int(length[i])
+            x[i, :n] = x[i, start:start + n]  # numpy copies overlapping ranges correctly
+        x[~valid] = 0
+        return x
     if not offset.any():  # already at the front: one masked copy
         return np.where(valid[:, :, None], x, np.float32(0)).astype(np.float32, copy=False)
     index = np.clip(np.where(valid, positions + offset[:, None], 0), 0, steps - 1)
@@ -352,7 +362,8 @@ def _apply_stats(x: torch.Tensor, n: torch.Tensor, stat: dict[str, list[float]],
     return out.div_(std).masked_fill_(~mask, 0.0)
 
 
-def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> MultimodalData:
+def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None, *,
+            consume: bool = False) -> MultimodalData:
     """Validate, clean and convert ``raw`` (see the module docstring for the rules).
 
     Args:
@@ -360,6 +371,10 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
         cfg: selection, label, non-finite and normalisation options.
         stats: normalisation statistics to apply instead of fitting them (a trained
             model's); ``None`` fits them on the training split when ``cfg.normalize``.
+        consume: the caller gives ``raw`` up (e.g. it was just read from a file): its
+            float32 feature arrays are cleaned and normalised in place and each split's
+            arrays are dropped from ``raw`` once converted, so the peak memory is about
+            the data's size instead of twice it. ``raw`` is left unusable.
 
     Raises:
         DataError: on the first problem, naming the file and key.
@@ -441,7 +456,9 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
             else:
                 offset = np.zeros_like(n)
             spans[name] = (offset, n)
-        xs = {k: _to_front(v, *spans[k]) for k, v in xs.items()}
+        xs = {k: _to_front(v, *spans[k], inplace=consume) for k, v in xs.items()}
+        if consume:  # the converted arrays are the only references left
+            split.features.clear()
         lengths = {k: spans[k][1] for k in names}
         if split.ids is not None and len(split.ids) != size:
             raise DataError(f"{_where(raw, split, split_name, 'ids')}: {len(split.ids)} ids for "
@@ -489,7 +506,8 @@ def prepare(raw: RawData, cfg: DataConfig, stats: Stats | None = None) -> Multim
             if missing:
                 raise DataError(f"{raw.source}: no normalisation statistics for modality "
                                 f"{missing[0]!r} (the model knows {', '.join(stats)})")
-            # The arrays are this function's own copies (_to_front): normalise in place.
+            # The arrays are this function's own (copies made by _to_front, or the
+            # consumed input): normalise in place.
             x_t = {k: _apply_stats(v, n_t[k], stats[k], k, inplace=True)
                    for k, v in x_t.items()}
         labels = {k: torch.from_numpy(v) for k, v in prepared[split_name][2].items()}
