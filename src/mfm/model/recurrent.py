@@ -322,8 +322,9 @@ def _lstm_backward_factors(gates: Tensor, c_out: Tensor, tanh_out: Tensor, first
     i = gates[:, total:2 * total]
     g = gates[:, 3 * total:]
     sig = gates[:, :3 * total]
-    factors = torch.mul(sig, 1 - sig)  # sigmoid' of o, i, f; g's block is overwritten
-    factors = torch.cat([factors, torch.mul(g, g).neg_().add_(1).mul_(i)], dim=1)
+    factors = torch.empty_like(gates)  # written block by block: no concatenation
+    torch.mul(sig, sig, out=factors[:, :3 * total]).neg_().add_(sig)  # s (1 - s): o, i, f
+    torch.mul(g, g, out=factors[:, 3 * total:]).neg_().add_(1).mul_(i)  # i (1 - g^2)
     factors[:, :total].mul_(tanh_out)
     factors[:, total:2 * total].mul_(g)
     c_prev = factors.new_zeros(c_out.shape)
