@@ -10,8 +10,9 @@ What it does:
 2. Checks how ``mfm`` reads the front-padded pickle (lengths and valid steps compared with
    the end-padded one, which is unambiguous).
 3. Trains, each run in a fresh subprocess, interleaved per seed: ``mfm`` (front), MMSA
-   (front), ``mfm`` (end). ``mfm`` runs ``mfm.run.fit`` with the ``mosi-mmsa`` preset
-   (feature normalisation on, as ``mfm`` does by default); MMSA runs ``MMSA==2.2.1`` from
+   (front), ``mfm`` (end). ``mfm`` runs ``mfm.run.fit`` with the ``mosi-mmsa`` preset on
+   the features as they are, as MMSA reads them (``--normalize no``, the default here;
+   ``mfm``'s own default standardises each feature); MMSA runs ``MMSA==2.2.1`` from
    its own venv (``bench/.mmsa-venv``, created by ``bench/setup_mmsa.sh`` when missing)
    with ``get_config_regression('mfm', 'mosi')``. Both train a fixed number of epochs
    (``--epochs``), keep the epoch with the lowest validation L1 and score it on test.
@@ -117,15 +118,16 @@ def check_padding(front: Path, end: Path) -> dict[str, Any]:
 
 
 def _worker_cmd(framework: str, python: Path, data: Path, epochs: int, seed: int,
-                threads: int) -> list[str]:
+                threads: int, normalize: str) -> list[str]:
     script = "_mfm_worker.py" if framework == "mfm" else "_mmsa_worker.py"
-    return [str(python), str(_common.BENCH_DIR / script), "--data", str(data),
-            "--epochs", str(epochs), "--seed", str(seed), "--threads", str(threads)]
+    cmd = [str(python), str(_common.BENCH_DIR / script), "--data", str(data),
+           "--epochs", str(epochs), "--seed", str(seed), "--threads", str(threads)]
+    return cmd + (["--normalize", normalize] if framework == "mfm" else [])
 
 
 def run_one(framework: str, python: Path, data: Path, padding: str, epochs: int, seed: int,
-            threads: int, log_dir: Path, tag: str) -> dict[str, Any]:
-    cmd = _worker_cmd(framework, python, data, epochs, seed, threads)
+            threads: int, log_dir: Path, tag: str, normalize: str = "no") -> dict[str, Any]:
+    cmd = _worker_cmd(framework, python, data, epochs, seed, threads, normalize)
     log = log_dir / f"{tag}-{framework}-{padding}-seed{seed}.log"
     print(f"  {framework:4s} {padding:5s} seed {seed} ...", end=" ", flush=True)
     result = _common.run_worker(cmd, _common.thread_env(threads), timeout=3 * 3600, log=log)
@@ -200,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-setup", action="store_true",
                         help="do not create MMSA's venv when it is missing")
     parser.add_argument("--skip-mmsa", action="store_true", help="run the mfm side only")
+    parser.add_argument("--normalize", choices=("no", "yes"), default="no",
+                        help="standardise mfm's features (MMSA reads them as they are: no)")
     parser.add_argument("--out", type=Path, default=None,
                         help="JSON output (default bench/results/train.json; quick: "
                              "train-quick.json)")
@@ -250,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         runs: list[dict[str, Any]] = []
         for seed in seeds:
             runs.append(run_one("mfm", mfm_py, front, "front", epochs, seed, args.threads,
-                                log_dir, "mosi"))
+                                log_dir, "mosi", args.normalize))
             if mmsa_py is not None:
                 try:
                     runs.append(run_one("mmsa", mmsa_py, front, "front", epochs, seed,
@@ -260,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
                     mmsa_status = f"run failed: {str(exc).splitlines()[0]}"
                     mmsa_py = None
             runs.append(run_one("mfm", mfm_py, end, "end", epochs, seed, args.threads,
-                                log_dir, "mosi"))
+                                log_dir, "mosi", args.normalize))
         if mmsa_py is not None:
             for seed in seeds[: args.mmsa_end_seeds]:
                 runs.append(run_one("mmsa", mmsa_py, end, "end", epochs, seed, args.threads,
@@ -274,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"data: {mosei_path.name} ({mosei_path.stat().st_size / 1e9:.2f} GB)",
                   flush=True)
             mosei_run = run_one("mfm", mfm_py, mosei_path, "end", mosei_epochs, 0,
-                                args.threads, log_dir, "mosei")
+                                args.threads, log_dir, "mosei", args.normalize)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -335,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
           f"(fresh process each), {args.threads} threads:")
     print(tables["timing"])
     print(f"\nTest accuracy after {epochs} epochs (best validation L1 epoch), mean ± sd over "
-          f"seeds {seeds}:")
+          f"seeds {seeds}; mfm features standardised: {args.normalize}:")
     print(tables["accuracy"])
     print("\nHow mfm reads the FRONT-padded pickle (train split) compared with the same data "
           "END-padded:")
@@ -354,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "epochs": epochs,
         "seeds": seeds,
+        "mfm_normalize": args.normalize,
         "mmsa_status": mmsa_status,
         "data": {"mosi": {**mosi.__dict__}, "mosei": {**mosei.__dict__} if mosei_epochs else None},
         "padding_check": padding_check,
