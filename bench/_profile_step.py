@@ -6,12 +6,15 @@ Prints (1) the wall time of a whole step (forward, objective, backward, Adam) an
 forward + backward of each part on its own (MFN, private encoders, decoders), and (2) the
 ``torch.profiler`` table of the top operators by self CPU time over a few steps, grouped by
 input shape. (3) Shows the cost of the MFN loop's per-step slicing ``x[:, t]`` in backward
-against ``unbind``, on a tensor of the MFN's gate shape.
+against ``unbind``, on a tensor of the MFN's gate shape. (4) Counts the floating-point
+operations of the step's matrix products and divides them by the rate this machine's
+matrix multiply sustains: the least time any implementation of the same computation needs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -54,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     model.train()
     inputs, lengths = infer.make_inputs(args.batch, args.steps)
     target = torch.randn(args.batch).clamp(-3, 3)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=1e-3, fused=True)
     names = model.names
 
     def step() -> None:
@@ -126,6 +129,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nbackward of reading a {tuple(gates.shape)} tensor step by step: "
           f"x[:, t] {_timed(sliced, args.reps) * 1e3:.1f} ms, "
           f"x.unbind(1) {_timed(unbound, args.reps) * 1e3:.1f} ms")
+
+    # (4) The floor set by the matrix products alone: count the step's floating-point
+    # operations (the Python loops, so that every product is an aten operator the counter
+    # sees; the native kernels run the same products) and divide by what this machine's
+    # matrix multiply sustains on a large product with the same threads.
+    from torch.utils.flop_counter import FlopCounterMode
+
+    os.environ["MFM_NATIVE"] = "0"
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    del os.environ["MFM_NATIVE"]
+    flops = counter.get_total_flops()
+    a, b = torch.randn(2048, 768), torch.randn(768, 1024)
+    out = torch.empty(2048, 1024)
+    rate = 2 * 2048 * 768 * 1024 / _timed(lambda: torch.mm(a, b, out=out), 20)
+    print(f"\nmatrix products of one training step: {flops / 1e9:.2f} GFLOP; this machine's "
+          f"matrix multiply sustains {rate / 1e9:.0f} GFLOP/s ({args.threads} thread(s)) on a "
+          f"2048x768 @ 768x1024 product, so the products alone need at least "
+          f"{flops / rate * 1e3:.1f} ms per step")
     return 0
 
 

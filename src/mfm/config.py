@@ -149,6 +149,11 @@ class ModelConfig:
             computation, faster on CPU. False: the MFN's reference per-step loop and
             ``nn.LSTM`` everywhere (for checking; with dropout the MFN's two paths draw
             different random masks).
+        native_kernels: let those scans run their time loops with the C++ kernels of
+            :mod:`mfm.model.native` (CPU, float32/float64), compiled once per machine on
+            first use; the same results as the Python loops, faster. Where no C++
+            compiler is found mfm warns once and uses the Python loops. The environment
+            variable ``MFM_NATIVE=0`` turns them off too.
         output: the prediction head: its width, dropout and default regression loss, and
             (for a single target) its kind and size.
         targets: one head per named target (:class:`TargetConfig`); empty means one
@@ -172,6 +177,7 @@ class ModelConfig:
     alignment: Alignment = "auto"
     mfn_steps: int = 32
     fast_recurrence: bool = True
+    native_kernels: bool = True
     output: OutputConfig = field(default_factory=OutputConfig)
     targets: dict[str, TargetConfig] = field(default_factory=dict)
 

@@ -57,7 +57,7 @@ def masked_mse(x_hat: Tensor, x: Tensor, lengths: Tensor) -> Tensor:
 
 def squared_errors(decoders: Mapping[str, SequenceDecoder], codes: Mapping[str, Tensor],
                    targets: Mapping[str, Tensor], plan: Packing, valid: Tensor | None,
-                   perm: Tensor | None = None) -> dict[str, Tensor]:
+                   perm: Tensor | None = None, native: bool = True) -> dict[str, Tensor]:
     """Every decoder's summed squared error over the scored steps, in one scan.
 
     The same numbers as ``((decoder(code, T) - x) ** 2)`` summed over the scored steps,
@@ -77,6 +77,7 @@ def squared_errors(decoders: Mapping[str, SequenceDecoder], codes: Mapping[str, 
             packed row is scored for every decoder (the plan must then be packed).
         perm: :func:`mfm.model.recurrent.gate_major_order` of the decoders' hidden sizes
             on their device (built when omitted).
+        native: let the scan use the C++ kernels of :mod:`mfm.model.native`.
 
     Returns:
         modality -> 0-d summed squared error.
@@ -96,7 +97,7 @@ def squared_errors(decoders: Mapping[str, SequenceDecoder], codes: Mapping[str, 
     if perm is None and len(sizes) > 1:
         perm = gate_major_order(sizes).to(first.device)
     hidden, _ = lstm_scan(parts, [w for _, _, w in weights], plan, active, constant=True,
-                          perm=perm)
+                          perm=perm, native=native)
     errors = {}
     start = 0
     for k, (name, size) in enumerate(zip(names, sizes, strict=True)):

@@ -55,13 +55,16 @@ class SequenceEncoder(nn.Module):
             without an input gradient). It is used when the input is wide
             (``input_size >= 4 * hidden``), where ``nn.LSTM``'s fused backward is slow on
             CPU; for narrow inputs the fused ``nn.LSTM`` is faster and is kept.
+        native: let that scan use the C++ kernels of :mod:`mfm.model.native`.
     """
 
-    def __init__(self, input_size: int, hidden: int, out_size: int, fast: bool = True) -> None:
+    def __init__(self, input_size: int, hidden: int, out_size: int, fast: bool = True,
+                 native: bool = True) -> None:
         super().__init__()
         self.lstm = nn.LSTM(input_size, hidden, batch_first=True)
         self.proj = nn.Linear(hidden, out_size)
         self.fast = fast and input_size >= 4 * hidden
+        self.native = native
 
     def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
         """Map ``(B, T, d)`` features and ``(B,)`` lengths to a ``(B, out_size)`` factor."""
@@ -70,7 +73,8 @@ class SequenceEncoder(nn.Module):
             # valid step is the same as last_valid's.
             plan = Packing.build(lengths.clamp(min=0, max=x.shape[1]), x.shape[1])
             w_ih, bias, w_hh = lstm_module_weights(self.lstm)
-            h_out, _ = lstm_scan(F.linear(plan.pack(x), w_ih, bias), [w_hh], plan)
+            h_out, _ = lstm_scan(F.linear(plan.pack(x), w_ih, bias), [w_hh], plan,
+                                 native=self.native)
             return self.proj(plan.unsort(plan.last(h_out)))
         outputs, _ = self.lstm(x)
         return self.proj(last_valid(outputs, lengths))

@@ -166,7 +166,8 @@ class MFM(nn.Module):
         factors = mods if parts.modality_factors else {}
         self.encoders = nn.ModuleDict(
             {n: SequenceEncoder(self.input_sizes[n], mods[n].encoder_hidden or mods[n].hidden,
-                                mods[n].z, fast=config.fast_recurrence) for n in factors}
+                                mods[n].z, fast=config.fast_recurrence,
+                                native=config.native_kernels) for n in factors}
         )
         self.mfn: MemoryFusionNetwork | None = None
         self.to_zy: nn.Linear | None = None
@@ -230,6 +231,7 @@ class MFM(nn.Module):
             gate_dropout=config.gate_dropout,
             cell=config.cell,
             fast=config.fast_recurrence,
+            native=config.native_kernels,
         )
 
     def _lengths(self, inputs: Mapping[str, Tensor],
@@ -467,7 +469,7 @@ class MFM(nn.Module):
                     targets[n] = x.reshape(-1, x.shape[2]).index_select(0, index)
         perm = self.decoder_order if names == list(self.decoders) else None
         sums = squared_errors({n: self.decoders[n] for n in names}, codes, targets, plan, valid,
-                              perm)
+                              perm, native=self.config.native_kernels)
         counts = bounded.sum(dim=0).to(first.dtype)  # (K,) scored steps per modality
         return {n: sums[n] / (counts[k] * inputs[n].shape[2]).clamp(min=1.0)
                 for k, n in enumerate(names)}

@@ -158,6 +158,9 @@ class MemoryFusionNetwork(nn.Module):
         cell: ``lstm`` or ``lsthm``.
         fast: use the staged fast forward for ``lstm`` cells (see the module docstring);
             False: always the reference per-step loop.
+        native: let the fast forward's scans run their time loops with the C++ kernels of
+            :mod:`mfm.model.native` (the same results; see
+            :func:`mfm.model.recurrent.lstm_scan`).
     """
 
     def __init__(
@@ -171,6 +174,7 @@ class MemoryFusionNetwork(nn.Module):
         gate_dropout: float,
         cell: str = "lstm",
         fast: bool = True,
+        native: bool = True,
     ) -> None:
         super().__init__()
         if len(input_sizes) != len(hidden_sizes) or not input_sizes:
@@ -183,6 +187,7 @@ class MemoryFusionNetwork(nn.Module):
         self.memory_size = memory
         self.cell = cell
         self.fast = fast
+        self.native = native
         # Input weights: one Linear per modality producing its four gates [i, f, g, o].
         self.input_proj = nn.ModuleList(
             nn.Linear(d, 4 * h) for d, h in zip(input_sizes, self.hidden_sizes, strict=True)
@@ -325,7 +330,7 @@ class MemoryFusionNetwork(nn.Module):
             if not plan.packed or not bool(packed_any.all()):
                 any_active = packed_any.to(dtype)  # (N, 1)
         h_out, c_out = lstm_scan(parts, weights, plan, active,
-                                 perm=self._order(sizes, packed[0].device))
+                                 perm=self._order(sizes, packed[0].device), native=self.native)
         if riders:
             c_out = c_out[:, :total]
         # c* = [c_{t-1}, c_t] of every packed row (c_{-1} = 0): (N, 2H).
@@ -342,7 +347,8 @@ class MemoryFusionNetwork(nn.Module):
             keep = dropout_keep(pre, p)
         u = memory_scan(pre, candidate, plan, weight[:, 2 * total:],
                         (self.gate1_out.weight, self.gate1_out.bias),
-                        (self.gate2_out.weight, self.gate2_out.bias), any_active, keep)
+                        (self.gate2_out.weight, self.gate2_out.bias), any_active, keep,
+                        native=self.native)
         last = plan.last(h_out)  # (B, H + riders)
         state = torch.cat([last[:, :total], u], dim=1)
         bounds = [total]

@@ -29,6 +29,14 @@ other (*cell-major*, see :class:`_Cells`). Cell ``m``'s recurrent weight is a
 ``(4, h_m, h_m)`` tensor indexed (gate in ``nn.LSTM`` order, from, to):
 ``gates_g += h_m @ w[g]``.
 
+Time loops. Each scan's loop runs either in Python (a few whole-tensor operations per
+step, below) or, on CPU in float32/float64, in the C++ kernels of :mod:`mfm.model.native`
+(the same arithmetic; each step's gate nonlinearities and state update fused into one
+pass, the cells split across threads), chosen by the ``native`` argument of
+:func:`lstm_scan` and :func:`memory_scan` (``model.native_kernels``). The Python loops
+keep gate pre-activations in gate-major order, the kernels in cell-major order; a scan's
+backward uses the layout its forward wrote. ``tests/test_native.py`` holds the two equal.
+
 Masks are multiplied in (``new * a + old * (1 - a)`` with ``a`` in {0, 1}), which is exact
 for finite values and much faster on CPU than ``torch.where`` with a full boolean
 condition; values at masked steps must therefore be finite (the MFM zeroes padding).
@@ -42,6 +50,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
+
+from mfm.model import native as _native
 
 SCAN_GATES = (3, 0, 1, 2)
 """Scan gate order: position ``k`` of a cell's gates holds ``nn.LSTM`` gate
@@ -182,6 +192,11 @@ class Packing:
         return rows.index_select(0, self.inverse)
 
 
+def _dense(x: Tensor | None) -> Tensor | None:
+    """``x`` contiguous (what the native kernels read), or None."""
+    return None if x is None else x.contiguous()
+
+
 # ----------------------------------------------------------------------------- loops
 # The time loops read and write preallocated packed buffers in place. (Compiling them with
 # TorchScript was measured 2-6 % faster on CPU, within noise, and TorchScript is deprecated;
@@ -220,7 +235,7 @@ class _Cells:
         self.gates = [slice(4 * offsets[m], 4 * offsets[m + 1]) for m in range(len(self.sizes))]
         with torch.no_grad():
             # (h, 4h) per cell, columns in scan gate order: gates_m = h_m @ u_m.
-            self.u = [w[list(SCAN_GATES)].permute(1, 0, 2).reshape(w.shape[1], -1)
+            self.u = [w[list(SCAN_GATES)].permute(1, 0, 2).reshape(w.shape[1], -1).contiguous()
                       for w in weights]
         self.single = len(self.sizes) == 1
         if not self.single:
@@ -439,8 +454,8 @@ class _LSTMScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, active: Tensor | None, plan: Packing, store: bool,
-                constant: bool, perm: Tensor | None, num_parts: int, *tensors: Tensor
-                ) -> tuple[Tensor, Tensor]:
+                constant: bool, perm: Tensor | None, native: bool, num_parts: int,
+                *tensors: Tensor) -> tuple[Tensor, Tensor]:
         parts, weights = tensors[:num_parts], tensors[num_parts:]
         cells = _Cells(weights, perm)
         total = cells.total
@@ -448,16 +463,24 @@ class _LSTMScan(torch.autograd.Function):
         h_out = parts[0].new_empty(rows, total)
         c_out = parts[0].new_empty(rows, total)
         tanh_out = parts[0].new_empty(rows, total)
-        gates = parts[0].new_empty(rows, 4 * total)
+        gates = parts[0].new_empty(rows, 4 * total)  # gate-major (Python) or cell-major
         if num_parts == 1 and not cells.single:  # one cell-major tensor for all cells
             parts = tuple(parts[0][:, gs] for gs in cells.gates)
-        _lstm_forward_loop([x.detach() for x in parts], cells, plan.counts, plan.offsets,
-                           active, constant, h_out, c_out, tanh_out, gates)
+        parts = [x.detach() for x in parts]
+        if native:
+            torch.ops.mfm_scan.lstm_forward(
+                [x if x.stride(1) == 1 else x.contiguous() for x in parts], cells.u,
+                plan.counts, plan.offsets, _dense(active), constant, True, h_out, c_out,
+                tanh_out, gates)
+        else:
+            _lstm_forward_loop(parts, cells, plan.counts, plan.offsets, active, constant,
+                               h_out, c_out, tanh_out, gates)
         if store:
             ctx.save_for_backward(gates, c_out, tanh_out, h_out, active, *weights)
         ctx.plan = plan
         ctx.cells = cells
         ctx.constant = constant
+        ctx.native = native
         ctx.num_parts = num_parts
         return h_out, c_out
 
@@ -475,12 +498,17 @@ class _LSTMScan(torch.autograd.Function):
         d_cells = gates.new_empty(rows, 4 * total)  # cell-major, like the input parts
         dh = h_out.new_zeros(plan.batch, total)
         dc = h_out.new_zeros(plan.batch, total)
-        a_all, factors = _lstm_backward_factors(gates, c_out, tanh_out, first,
-                                                plan.prev_index)
-        _lstm_backward_loop(grad_h, grad_c, cells, plan.counts, plan.offsets, active, gates,
-                            a_all, factors, d_cells, dh, dc)
-        del a_all, factors
-        need = ctx.needs_input_grad[6:]
+        if ctx.native:
+            torch.ops.mfm_scan.lstm_backward(
+                cells.u, plan.counts, plan.offsets, _dense(active), _dense(grad_h),
+                _dense(grad_c), gates, c_out, tanh_out, True, d_cells, dh, dc)
+        else:
+            a_all, factors = _lstm_backward_factors(gates, c_out, tanh_out, first,
+                                                    plan.prev_index)
+            _lstm_backward_loop(grad_h, grad_c, cells, plan.counts, plan.offsets, active,
+                                gates, a_all, factors, d_cells, dh, dc)
+            del a_all, factors
+        need = ctx.needs_input_grad[7:]
         grad_parts: list[Tensor | None] = [None] * num_parts
         if any(need[:num_parts]):
             if ctx.constant:
@@ -508,12 +536,12 @@ class _LSTMScan(torch.autograd.Function):
             else:
                 grad = (h_prev[:, hs].t() @ d_next[:, gs]).view(h, 4, h).transpose(0, 1)
                 grad_w.append(grad[list(_FROM_SCAN)])  # scan gate order -> nn.LSTM order
-        return (None, None, None, None, None, None, *grad_parts, *grad_w)
+        return (None, None, None, None, None, None, None, *grad_parts, *grad_w)
 
 
 def lstm_scan(x_gates: Tensor | Sequence[Tensor], weights: Sequence[Tensor], plan: Packing,
               active: Tensor | None = None, constant: bool = False,
-              perm: Tensor | None = None) -> tuple[Tensor, Tensor]:
+              perm: Tensor | None = None, native: bool = True) -> tuple[Tensor, Tensor]:
     """Run ``M`` LSTM cells side by side over packed rows, from zero states.
 
     Step ``t``, for each cell ``m``: ``gates = x_gates_m + h_{t-1} @ U_m`` (``U_m`` the
@@ -536,6 +564,9 @@ def lstm_scan(x_gates: Tensor | Sequence[Tensor], weights: Sequence[Tensor], pla
         constant: ``x_gates`` is per row, not per step.
         perm: :func:`gate_major_order` of the cell sizes, on the inputs' device (built
             when omitted; ``M > 1`` only).
+        native: run the time loops with the C++ kernels of :mod:`mfm.model.native` where
+            they apply (CPU, float32/64, kernels built); False: the Python loops. Both
+            compute the same.
 
     Returns:
         ``h`` and ``c``, both ``(N, H)`` packed: the states after every step.
@@ -545,7 +576,9 @@ def lstm_scan(x_gates: Tensor | Sequence[Tensor], weights: Sequence[Tensor], pla
         raise ValueError(f"lstm_scan: {len(parts)} input parts for {len(weights)} cells")
     store = torch.is_grad_enabled() and (
         any(x.requires_grad for x in parts) or any(w.requires_grad for w in weights))
-    return _LSTMScan.apply(active, plan, store, constant, perm, len(parts), *parts, *weights)
+    use_native = native and _native.usable(*parts, *weights)
+    return _LSTMScan.apply(active, plan, store, constant, perm, use_native, len(parts), *parts,
+                           *weights)
 
 
 # ----------------------------------------------------------------------------- memory scan
@@ -556,24 +589,32 @@ class _MemoryScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: FunctionCtx, pre: Tensor, candidate: Tensor, any_active: Tensor | None,
-                keep: Tensor | None, plan: Packing, store: bool, w_u: Tensor, w1: Tensor,
-                b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+                keep: Tensor | None, plan: Packing, store: bool, native: bool, w_u: Tensor,
+                w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
         memory = candidate.shape[1]
-        with torch.no_grad():
-            w_out = torch.block_diag(w1.t(), w2.t())  # (2G, 2 mem)
-            b_out = torch.cat([b1, b2])
         rows = plan.rows
         u_out = candidate.new_empty(rows, memory)
         hidden_out = pre.new_empty(pre.shape)
         sig_out = candidate.new_empty(rows, 2 * memory)
-        zeros = candidate.new_zeros(plan.batch, memory)
-        _memory_forward_loop(pre.detach(), candidate.detach(), w_u.detach().t(), w_out,
-                                b_out, plan.counts, plan.offsets, any_active, keep, u_out,
-                                hidden_out, sig_out, zeros)
+        if native:
+            torch.ops.mfm_scan.memory_forward(
+                pre.detach().contiguous(), candidate.detach().contiguous(),
+                w_u.detach().t().contiguous(), w1.detach().t().contiguous(), b1.detach(),
+                w2.detach().t().contiguous(), b2.detach(), plan.counts,
+                plan.offsets, _dense(any_active), _dense(keep), u_out, hidden_out, sig_out)
+        else:
+            with torch.no_grad():
+                w_out = torch.block_diag(w1.t(), w2.t())  # (2G, 2 mem)
+                b_out = torch.cat([b1, b2])
+            zeros = candidate.new_zeros(plan.batch, memory)
+            _memory_forward_loop(pre.detach(), candidate.detach(), w_u.detach().t(), w_out,
+                                 b_out, plan.counts, plan.offsets, any_active, keep, u_out,
+                                 hidden_out, sig_out, zeros)
         if store:
             ctx.save_for_backward(u_out, hidden_out, sig_out, candidate, any_active, keep,
                                   w_u, w1, w2)
         ctx.plan = plan
+        ctx.native = native
         return plan.last(u_out)
 
     @staticmethod
@@ -585,38 +626,46 @@ class _MemoryScan(torch.autograd.Function):
         rows, memory = u_out.shape
         gate = w1.shape[1]
         first = plan.counts[0] if plan.steps else 0
-        w_out_t = torch.block_diag(w1, w2)  # (2 mem, 2G)
         # The output is each row's u after its last step: its gradient enters there.
         grad_last = grad_u.new_zeros(rows, memory).index_add_(
             0, plan.last_index, grad_u * plan.ran.to(grad_u.dtype))
         u_prev = torch.cat([u_out.new_zeros(first, memory),
                             u_out.index_select(0, plan.prev_index)])
-        # d u_new -> d(gate pre-activations): [u_prev, c^] * sigmoid'.
-        p_y = torch.cat([u_prev, candidate], dim=1) * sig_out * (1 - sig_out)
-        relu_mask = (hidden_out > 0).to(hidden_out.dtype)
-        if keep is not None:
-            relu_mask = relu_mask * keep
         d_new = candidate.new_empty(rows, memory)
         d_sig = sig_out.new_empty(sig_out.shape)
         d_pre = hidden_out.new_empty(hidden_out.shape)
         du = grad_u.new_zeros(plan.batch, memory)
-        _memory_backward_loop(grad_last, plan.counts, plan.offsets, any_active,
-                                 sig_out[:, :memory], p_y, relu_mask, w_out_t, w_u, d_new,
-                                 d_sig, d_pre, du)
+        if ctx.native:
+            torch.ops.mfm_scan.memory_backward(
+                grad_last, u_out, hidden_out, sig_out, candidate.contiguous(),
+                w_u.contiguous(), w1.contiguous(), w2.contiguous(),
+                plan.counts, plan.offsets, _dense(any_active), _dense(keep), d_new, d_sig,
+                d_pre, du)
+        else:
+            # d u_new -> d(gate pre-activations): [u_prev, c^] * sigmoid'.
+            w_out_t = torch.block_diag(w1, w2)  # (2 mem, 2G)
+            p_y = torch.cat([u_prev, candidate], dim=1) * sig_out * (1 - sig_out)
+            relu_mask = (hidden_out > 0).to(hidden_out.dtype)
+            if keep is not None:
+                relu_mask = relu_mask * keep
+            _memory_backward_loop(grad_last, plan.counts, plan.offsets, any_active,
+                                  sig_out[:, :memory], p_y, relu_mask, w_out_t, w_u, d_new,
+                                  d_sig, d_pre, du)
         need = ctx.needs_input_grad
         d_cand = d_new * sig_out[:, memory:] if need[1] else None
-        grad_w_u = d_pre.t() @ u_prev if need[6] else None
-        grad_w1 = d_sig[:, :memory].t() @ hidden_out[:, :gate] if need[7] else None
-        grad_b1 = d_sig[:, :memory].sum(0) if need[8] else None
-        grad_w2 = d_sig[:, memory:].t() @ hidden_out[:, gate:] if need[9] else None
-        grad_b2 = d_sig[:, memory:].sum(0) if need[10] else None
-        return (d_pre if need[0] else None, d_cand, None, None, None, None, grad_w_u, grad_w1,
-                grad_b1, grad_w2, grad_b2)
+        grad_w_u = d_pre.t() @ u_prev if need[7] else None
+        grad_w1 = d_sig[:, :memory].t() @ hidden_out[:, :gate] if need[8] else None
+        grad_b1 = d_sig[:, :memory].sum(0) if need[9] else None
+        grad_w2 = d_sig[:, memory:].t() @ hidden_out[:, gate:] if need[10] else None
+        grad_b2 = d_sig[:, memory:].sum(0) if need[11] else None
+        return (d_pre if need[0] else None, d_cand, None, None, None, None, None, grad_w_u,
+                grad_w1, grad_b1, grad_w2, grad_b2)
 
 
 def memory_scan(pre: Tensor, candidate: Tensor, plan: Packing, w_u: Tensor,
                 gate1: tuple[Tensor, Tensor], gate2: tuple[Tensor, Tensor],
-                any_active: Tensor | None = None, keep: Tensor | None = None) -> Tensor:
+                any_active: Tensor | None = None, keep: Tensor | None = None,
+                native: bool = True) -> Tensor:
     """The MFN's multi-view gated memory over packed rows, from ``u_0 = 0``.
 
     Step ``t``: ``hidden = relu(pre + u @ w_u^T) * keep``,
@@ -635,6 +684,7 @@ def memory_scan(pre: Tensor, candidate: Tensor, plan: Packing, w_u: Tensor,
         any_active: ``(N, 1)`` float, 1 where any modality's step is real; None: all.
         keep: ``(N, 2G)`` dropout multipliers of ``hidden`` (0 or ``1 / (1 - p)``);
             None: no dropout.
+        native: use the C++ kernels where they apply (see :func:`lstm_scan`).
 
     Returns:
         ``(B, mem)`` in sorted row order: each row's memory after its last step.
@@ -644,7 +694,9 @@ def memory_scan(pre: Tensor, candidate: Tensor, plan: Packing, w_u: Tensor,
         pre.requires_grad or candidate.requires_grad or any(p.requires_grad for p in params))
     if plan.rows == 0:
         return candidate.new_zeros(plan.batch, candidate.shape[1]) + 0 * w_u.sum()
-    return _MemoryScan.apply(pre, candidate, any_active, keep, plan, store, *params)
+    use_native = native and _native.usable(pre, candidate, *params)
+    return _MemoryScan.apply(pre, candidate, any_active, keep, plan, store, use_native,
+                             *params)
 
 
 def scan_supported(lstm: torch.nn.LSTM) -> bool:
