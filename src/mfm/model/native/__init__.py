@@ -39,6 +39,11 @@ import torch
 SOURCE = Path(__file__).with_name("scan.cpp")
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno",
           "-fno-trapping-math")
+# PyTorch's OpenMP backend runs ``at::parallel_for`` through ``#pragma omp`` in its headers:
+# without -fopenmp the kernels' cell groups would run one after the other. The library
+# then needs libgomp, which the process already holds (PyTorch loaded it), so both share
+# one OpenMP runtime and one pool of threads. Compilers without OpenMP build without it.
+_OPENMP = "-fopenmp"
 
 
 def disabled_by_environment() -> bool:
@@ -76,7 +81,7 @@ def _cpu_signature() -> str:
 def _key(compiler: str) -> str:
     digest = hashlib.sha256()
     for part in (SOURCE.read_bytes(), torch.__version__.encode(), compiler.encode(),
-                 " ".join(_FLAGS).encode(), platform.machine().encode(),
+                 " ".join((*_FLAGS, _OPENMP)).encode(), platform.machine().encode(),
                  sys.version.encode(), _cpu_signature().encode()):
         digest.update(part)
         digest.update(b"\0")
@@ -90,12 +95,16 @@ def _build(compiler: str, target: Path) -> None:
     lib = cpp_extension.library_paths()[0]
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
     target.parent.mkdir(parents=True, exist_ok=True)
+    openmp = [_OPENMP] if "OpenMP" in torch.__config__.parallel_info() else []
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name
         command = [compiler, *_FLAGS, f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
                    *[f"-I{p}" for p in cpp_extension.include_paths()], str(SOURCE),
                    "-o", str(out), f"-L{lib}", "-lc10", "-ltorch_cpu", f"-Wl,-rpath,{lib}"]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        done = subprocess.run(command[:1] + openmp + command[1:], capture_output=True,
+                              text=True, check=False)
+        if done.returncode != 0 and openmp:  # a compiler without OpenMP: cells in turn
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if "error" in line]
             detail = (lines or done.stderr.strip().splitlines() or ["no output"])[0]

@@ -183,6 +183,8 @@ void lstm_forward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, const
   T* cp = c_out.data_ptr<T>();
   T* tp = tanh_out.data_ptr<T>();
   T* gp = gates_out.data_ptr<T>();
+  const T* xp = part.data_ptr<T>();
+  const int64_t x_stride = part.stride(0);
   const std::vector<T> zeros(h, T(0));
   const Tensor h_cols = h_out.narrow(1, off, h);
   const Tensor g_cols = gates_out.narrow(1, 4 * off, 4 * h);
@@ -191,12 +193,17 @@ void lstm_forward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, const
     if (hi <= r0) break;  // counts never grow: no later step has rows here
     const int64_t n = hi - r0;
     const int64_t o = offsets[t];
-    Tensor g_view = g_cols.narrow(0, o + r0, n);
-    const Tensor x = constant ? part.narrow(0, r0, n) : part.narrow(0, o + r0, n);
-    if (t == 0) {
-      g_view.copy_(x);
-    } else {
-      at::addmm_out(g_view, x, h_cols.narrow(0, offsets[t - 1] + r0, n), u);
+    // The step's input part, row by row into the gate buffer (plain copies: no ATen
+    // operator that could start threads of its own), then the recurrent product added
+    // in place.
+    const int64_t first = constant ? r0 : o + r0;
+    for (int64_t r = 0; r < n; ++r) {
+      std::memcpy(gp + (o + r0 + r) * G4 + 4 * off, xp + (first + r) * x_stride,
+                  sizeof(T) * 4 * h);
+    }
+    if (t > 0) {
+      Tensor g_view = g_cols.narrow(0, o + r0, n);
+      at::addmm_out(g_view, g_view, h_cols.narrow(0, offsets[t - 1] + r0, n), u);
     }
     const int64_t p = t == 0 ? -1 : offsets[t - 1];
     for (int64_t r = r0; r < hi; ++r) {
