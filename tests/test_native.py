@@ -88,10 +88,11 @@ def test_lstm_scan_native_matches_python(sizes: list[int], constant: bool, maske
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("dropout", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
-def test_memory_scan_native_matches_python(masked: bool, dropout: bool,
-                                           dtype: torch.dtype) -> None:
+def test_memory_scan_native_matches_python(masked: bool, dropout: bool, dtype: torch.dtype,
+                                           threads: int) -> None:
+    # 40 rows: with 2 threads the kernels split them into two ranges of about equal work
     gen = torch.Generator().manual_seed(3)
-    batch, steps, memory, gate = 8, 6, 5, 4
+    batch, steps, memory, gate = 40, 6, 5, 4
     plan = Packing.build(_ends(batch, steps, gen), steps)
     n = plan.rows
 

@@ -62,7 +62,10 @@ _FROM_SCAN = (1, 2, 3, 0)  # nn.LSTM gate j sits at scan position _FROM_SCAN[j]
 def scan_rows(weight: Tensor) -> Tensor:
     """Reorder the ``4 h`` rows of an ``nn.LSTM``-ordered input weight or bias
     (``[i, f, g, o]`` blocks) into scan gate order."""
-    return weight.unflatten(0, (4, -1))[list(SCAN_GATES)].flatten(0, 1)
+    # Concatenated slices, not an index: the gradient is then a copy back into blocks
+    # instead of an index_put (about 1 ms per step for a 768-wide input on CPU).
+    blocks = weight.chunk(4, dim=0)
+    return torch.cat([blocks[k] for k in SCAN_GATES])
 
 
 @dataclass
@@ -482,6 +485,8 @@ class _LSTMScan(torch.autograd.Function):
         ctx.constant = constant
         ctx.native = native
         ctx.num_parts = num_parts
+        # An output nothing reads (often c) gets None as gradient, not a tensor of zeros.
+        ctx.set_materialize_grads(False)
         return h_out, c_out
 
     @staticmethod

@@ -22,6 +22,7 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -126,6 +127,39 @@ std::vector<Share> shares_of(const std::vector<int64_t>& size,
   return shares;
 }
 
+// Rows per share below which splitting a batch costs more in matrix-product efficiency
+// than the second thread gains.
+constexpr int64_t kMinRowsPerShare = 16;
+
+// The shares of a one-cell scan (the memory): contiguous ranges of the sorted rows. Row r
+// runs at the steps with counts[t] > r (the longest rows come first), so the rows are
+// split where the running sum of their steps crosses equal fractions of the total.
+std::vector<Share> row_shares(const std::vector<int64_t>& counts, int64_t threads) {
+  const int64_t rows = counts.empty() ? 0 : counts[0];
+  const int64_t parts = std::max<int64_t>(1, std::min(threads, rows / kMinRowsPerShare));
+  if (parts == 1) return {Share{{0}, 0, rows}};
+  std::vector<int64_t> work(rows + 1, 0);  // steps of each row, via differences
+  for (int64_t n : counts) {
+    work[0] += 1;
+    work[n] -= 1;
+  }
+  for (int64_t r = 1; r <= rows; ++r) work[r] += work[r - 1];
+  const int64_t total = std::accumulate(work.begin(), work.end() - 1, int64_t(0));
+  std::vector<Share> shares;
+  int64_t start = 0, done = 0;
+  for (int64_t r = 0; r < rows && static_cast<int64_t>(shares.size()) < parts - 1; ++r) {
+    done += work[r];
+    const int64_t k = static_cast<int64_t>(shares.size()) + 1;
+    if (done * parts >= total * k && r + 1 - start >= kMinRowsPerShare &&
+        rows - (r + 1) >= kMinRowsPerShare) {
+      shares.push_back({{0}, start, r + 1});
+      start = r + 1;
+    }
+  }
+  shares.push_back({{0}, start, rows});
+  return shares;
+}
+
 // Runs fn(share) for every share, one thread per share when there are several.
 template <typename Fn>
 void for_shares(const std::vector<Share>& shares, const Fn& fn) {
@@ -133,7 +167,11 @@ void for_shares(const std::vector<Share>& shares, const Fn& fn) {
     for (const auto& share : shares) fn(share);
     return;
   }
+  // Worker threads start with default thread-local state (grad mode on, ...): give them
+  // the caller's, so that the products inside see what the caller's would.
+  const at::ThreadLocalState state;
   at::parallel_for(0, static_cast<int64_t>(shares.size()), 1, [&](int64_t begin, int64_t end) {
+    at::ThreadLocalStateGuard guard(state);
     for (int64_t k = begin; k < end; ++k) fn(shares[k]);
   });
 }
@@ -404,11 +442,13 @@ void memory_forward(const Tensor& pre, const Tensor& candidate, const Tensor& w_
     T* hid = hidden_out.data_ptr<T>();
     T* sg = sig_out.data_ptr<T>();
     const T* cand = candidate.data_ptr<T>();
+    for_shares(row_shares(counts, at::get_num_threads()), [&](const Share& share) {
     for (size_t t = 0; t < counts.size(); ++t) {
-      const int64_t n = counts[t];
-      if (n == 0) break;
-      const int64_t o = offsets[t];
-      const int64_t p = t == 0 ? -1 : offsets[t - 1];
+      const int64_t hi = std::min(counts[t], share.r1);
+      if (hi <= share.r0) break;
+      const int64_t n = hi - share.r0;
+      const int64_t o = offsets[t] + share.r0;  // the share's first row at step t
+      const int64_t p = t == 0 ? -1 : offsets[t - 1] + share.r0;
       Tensor hidden = hidden_out.narrow(0, o, n);
       if (t == 0) {
         hidden.copy_(pre.narrow(0, o, n));
@@ -443,6 +483,7 @@ void memory_forward(const Tensor& pre, const Tensor& candidate, const Tensor& w_
         }
       }
     }
+    });
   });
 }
 
@@ -478,11 +519,13 @@ void memory_backward(const Tensor& grad_last, const Tensor& u_out, const Tensor&
     T* ds = d_sig.data_ptr<T>();
     T* dp = d_pre.data_ptr<T>();
     T* dup = du.data_ptr<T>();
+    for_shares(row_shares(counts, at::get_num_threads()), [&](const Share& share) {
     for (int64_t t = static_cast<int64_t>(counts.size()) - 1; t >= 0; --t) {
-      const int64_t n = counts[t];
-      if (n == 0) continue;
-      const int64_t o = offsets[t];
-      const int64_t p = t == 0 ? -1 : offsets[t - 1];
+      const int64_t hi = std::min(counts[t], share.r1);
+      if (hi <= share.r0) continue;
+      const int64_t n = hi - share.r0;
+      const int64_t o = offsets[t] + share.r0;  // the share's first row at step t
+      const int64_t p = t == 0 ? -1 : offsets[t - 1] + share.r0;
       for (int64_t r = 0; r < n; ++r) {
         const int64_t row = o + r;
         const T* __restrict s = sg + row * 2 * mem;
@@ -491,7 +534,7 @@ void memory_backward(const Tensor& grad_last, const Tensor& u_out, const Tensor&
         const T* __restrict g = gl + row * mem;
         T* __restrict d = dn + row * mem;
         T* __restrict dy = ds + row * 2 * mem;
-        T* __restrict dur = dup + r * mem;
+        T* __restrict dur = dup + (share.r0 + r) * mem;
         const T on = any == nullptr ? T(1) : any[row];
         for (int64_t j = 0; j < mem; ++j) {
           const T dut = dur[j] + g[j];
@@ -520,9 +563,10 @@ void memory_backward(const Tensor& grad_last, const Tensor& u_out, const Tensor&
           y[j] = y[j] * gate;
         }
       }
-      Tensor du_view = du.narrow(0, 0, n);
+      Tensor du_view = du.narrow(0, share.r0, n);
       at::addmm_out(du_view, du_view, dpre, w_u);
     }
+    });
   });
 }
 
