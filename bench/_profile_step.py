@@ -136,11 +136,15 @@ def main(argv: list[str] | None = None) -> int:
     # matrix multiply sustains on a large product with the same threads.
     from torch.utils.flop_counter import FlopCounterMode
 
+    before = os.environ.get("MFM_NATIVE")
     os.environ["MFM_NATIVE"] = "0"
     counter = FlopCounterMode(display=False)
     with counter:
         step()
-    del os.environ["MFM_NATIVE"]
+    if before is None:
+        del os.environ["MFM_NATIVE"]
+    else:
+        os.environ["MFM_NATIVE"] = before
     flops = counter.get_total_flops()
     a, b = torch.randn(2048, 768), torch.randn(768, 1024)
     out = torch.empty(2048, 1024)

@@ -59,22 +59,21 @@ class EpochMeans:
                 self.sums[key] = weighted
                 self.counts[key] = n
 
-    def means(self, keys: list[str], reduce: Any) -> dict[str, Tensor]:
+    def means(self, keys: list[str], reduce: Any, device: torch.device) -> dict[str, Tensor]:
         """The mean of each of ``keys`` over the epoch and over every process.
 
         Args:
-            keys: the same list, in the same order, on every process.
+            keys: the same list, in the same order, on every process (not empty).
             reduce: sums a tensor over processes (the identity on one).
+            device: where the reduction runs (the module's device: a process that saw
+                no step still takes part).
 
         Returns:
             key -> 0-d mean, for the keys some process saw.
         """
-        if not keys:
-            return {}
-        device = next(iter(self.sums.values())).device if self.sums else None
         zero = torch.zeros((), device=device)
-        sums = torch.stack([self.sums.get(k, zero).float() for k in keys])
-        counts = torch.tensor([float(self.counts.get(k, 0)) for k in keys], device=sums.device)
+        sums = torch.stack([self.sums.get(k, zero).to(device).float() for k in keys])
+        counts = torch.tensor([float(self.counts.get(k, 0)) for k in keys], device=device)
         total = reduce(torch.cat([sums, counts]))
         sums, counts = total[: len(keys)], total[len(keys):]
         seen = (counts > 0).tolist()  # one host read per epoch
@@ -251,7 +250,7 @@ class MFMModule(L.LightningModule):
         the epoch's samples on every process, as ``self.log(on_epoch=True)`` would."""
         means = self.epoch_means[stage].means(
             self._logged_keys(stage),
-            lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+            lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"), self.device)
         self.epoch_means[stage].reset()
         if means:
             # Already reduced over processes: sync_dist averages equal values (and keeps

@@ -473,8 +473,8 @@ class _LSTMScan(torch.autograd.Function):
         if native:
             torch.ops.mfm_scan.lstm_forward(
                 [x if x.stride(1) == 1 else x.contiguous() for x in parts], cells.u,
-                plan.counts, plan.offsets, _dense(active), constant, True, h_out, c_out,
-                tanh_out, gates)
+                plan.counts, plan.offsets, _dense(active), constant, h_out, c_out, tanh_out,
+                gates)
         else:
             _lstm_forward_loop(parts, cells, plan.counts, plan.offsets, active, constant,
                                h_out, c_out, tanh_out, gates)
@@ -506,7 +506,7 @@ class _LSTMScan(torch.autograd.Function):
         if ctx.native:
             torch.ops.mfm_scan.lstm_backward(
                 cells.u, plan.counts, plan.offsets, _dense(active), _dense(grad_h),
-                _dense(grad_c), gates, c_out, tanh_out, True, d_cells, dh, dc)
+                _dense(grad_c), gates, c_out, tanh_out, d_cells, dh, dc)
         else:
             a_all, factors = _lstm_backward_factors(gates, c_out, tanh_out, first,
                                                     plan.prev_index)

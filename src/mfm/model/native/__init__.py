@@ -62,8 +62,8 @@ def cache_dir() -> Path:
 
 def _compiler() -> str | None:
     for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if name and shutil.which(name):
-            return shutil.which(name)
+        if name and (path := shutil.which(name)):
+            return path
     return None
 
 
@@ -89,12 +89,12 @@ def _key(compiler: str) -> str:
 
 
 def _build(compiler: str, target: Path) -> None:
-    """Compile ``scan.cpp`` into ``target`` (atomically: a finished file or none)."""
+    """Compile ``scan.cpp`` into ``target``, whose folder exists (atomically: a finished
+    file or none)."""
     from torch.utils import cpp_extension  # imported only to build: it is slow to import
 
     lib = cpp_extension.library_paths()[0]
     abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
-    target.parent.mkdir(parents=True, exist_ok=True)
     openmp = [_OPENMP] if "OpenMP" in torch.__config__.parallel_info() else []
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         out = Path(tmp) / target.name

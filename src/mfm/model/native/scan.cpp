@@ -9,8 +9,8 @@
 //   * the cells of a scan are independent of one another (each reads only its own
 //     state), so with two or more intra-op threads they are split into groups of about
 //     equal cost and every group runs its whole time loop on its own thread, each
-//     matrix product single-threaded; no step waits for another group. (The cell
-//     functions take a range of rows, so that a share could also be part of the batch.)
+//     matrix product single-threaded; no step waits for another group. The memory scan
+//     has one cell: its rows (samples, equally independent) are split instead.
 //
 // Layouts (packed rows, see recurrent.Packing): step t owns rows [offsets[t],
 // offsets[t] + counts[t]); row r of step t and row r of step t - 1 belong to the same
@@ -30,6 +30,7 @@
 #include <cstdint>
 #include <cstring>
 #include <numeric>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -83,13 +84,6 @@ Layout layout_of(const std::vector<Tensor>& u) {
   return l;
 }
 
-// A share of a scan's work: some of its cells over the sorted rows [r0, r1).
-struct Share {
-  std::vector<int64_t> cells;
-  int64_t r0 = 0;
-  int64_t r1 = 0;
-};
-
 // Cells split into at most `threads` groups of about equal cost (h^2 per step: the
 // recurrent product), largest first onto the lightest group.
 std::vector<std::vector<int64_t>> groups_of(const std::vector<int64_t>& size, int64_t threads) {
@@ -116,28 +110,24 @@ std::vector<std::vector<int64_t>> groups_of(const std::vector<int64_t>& size, in
   return kept;
 }
 
-// The shares of a scan of cells `size` whose step t runs the sorted rows [0, counts[t]):
-// groups of cells over all rows. (Splitting the rows instead, into ranges of about equal
-// work, was measured slower on 2 threads: half-height products run less efficiently.)
-std::vector<Share> shares_of(const std::vector<int64_t>& size,
-                             const std::vector<int64_t>& counts, int64_t threads) {
-  const int64_t rows = counts.empty() ? 0 : counts[0];
-  std::vector<Share> shares;
-  for (auto& g : groups_of(size, threads)) shares.push_back({g, 0, rows});
-  return shares;
-}
+// (Splitting the rows of a many-cell scan instead of its cells was measured slower on 2
+// threads: half-height products run less efficiently.)
 
 // Rows per share below which splitting a batch costs more in matrix-product efficiency
 // than the second thread gains.
 constexpr int64_t kMinRowsPerShare = 16;
 
-// The shares of a one-cell scan (the memory): contiguous ranges of the sorted rows. Row r
-// runs at the steps with counts[t] > r (the longest rows come first), so the rows are
-// split where the running sum of their steps crosses equal fractions of the total.
-std::vector<Share> row_shares(const std::vector<int64_t>& counts, int64_t threads) {
+// A range [first, second) of the sorted rows.
+using Rows = std::pair<int64_t, int64_t>;
+
+// The rows of a one-cell scan (the memory) split into at most `threads` contiguous
+// ranges. Row r runs at the steps with counts[t] > r (the longest rows come first), so
+// the rows are split where the running sum of their steps crosses equal fractions of the
+// total.
+std::vector<Rows> row_ranges(const std::vector<int64_t>& counts, int64_t threads) {
   const int64_t rows = counts.empty() ? 0 : counts[0];
   const int64_t parts = std::max<int64_t>(1, std::min(threads, rows / kMinRowsPerShare));
-  if (parts == 1) return {Share{{0}, 0, rows}};
+  if (parts == 1) return {Rows{0, rows}};
   std::vector<int64_t> work(rows + 1, 0);  // steps of each row, via differences
   for (int64_t n : counts) {
     work[0] += 1;
@@ -145,23 +135,24 @@ std::vector<Share> row_shares(const std::vector<int64_t>& counts, int64_t thread
   }
   for (int64_t r = 1; r <= rows; ++r) work[r] += work[r - 1];
   const int64_t total = std::accumulate(work.begin(), work.end() - 1, int64_t(0));
-  std::vector<Share> shares;
+  std::vector<Rows> ranges;
   int64_t start = 0, done = 0;
-  for (int64_t r = 0; r < rows && static_cast<int64_t>(shares.size()) < parts - 1; ++r) {
+  for (int64_t r = 0; r < rows && static_cast<int64_t>(ranges.size()) < parts - 1; ++r) {
     done += work[r];
-    const int64_t k = static_cast<int64_t>(shares.size()) + 1;
+    const int64_t k = static_cast<int64_t>(ranges.size()) + 1;
     if (done * parts >= total * k && r + 1 - start >= kMinRowsPerShare &&
         rows - (r + 1) >= kMinRowsPerShare) {
-      shares.push_back({{0}, start, r + 1});
+      ranges.push_back({start, r + 1});
       start = r + 1;
     }
   }
-  shares.push_back({{0}, start, rows});
-  return shares;
+  ranges.push_back({start, rows});
+  return ranges;
 }
 
-// Runs fn(share) for every share, one thread per share when there are several.
-template <typename Fn>
+// Runs fn(share) for every share (a group of cells, a range of rows), one thread per
+// share when there are several.
+template <typename Share, typename Fn>
 void for_shares(const std::vector<Share>& shares, const Fn& fn) {
   if (shares.size() <= 1 || at::in_parallel_region()) {
     for (const auto& share : shares) fn(share);
@@ -175,8 +166,6 @@ void for_shares(const std::vector<Share>& shares, const Fn& fn) {
     for (int64_t k = begin; k < end; ++k) fn(shares[k]);
   });
 }
-
-int64_t threads_for(bool parallel) { return parallel ? at::get_num_threads() : 1; }
 
 // ------------------------------------------------------------------ LSTM forward
 
@@ -211,9 +200,8 @@ void lstm_forward_row(T* __restrict g, T* __restrict c, T* __restrict hh, T* __r
 }
 
 template <typename T>
-void lstm_forward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, const Tensor& part,
-                       const Tensor& u, const std::vector<int64_t>& counts,
-                       const std::vector<int64_t>& offsets,
+void lstm_forward_cell(int64_t m, const Layout& l, const Tensor& part, const Tensor& u,
+                       const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
                        const T* active, bool constant, const Tensor& h_out,
                        const Tensor& c_out, const Tensor& tanh_out, const Tensor& gates_out) {
   const int64_t h = l.size[m], off = l.offset[m], H = l.total, G4 = 4 * H;
@@ -227,24 +215,22 @@ void lstm_forward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, const
   const Tensor h_cols = h_out.narrow(1, off, h);
   const Tensor g_cols = gates_out.narrow(1, 4 * off, 4 * h);
   for (size_t t = 0; t < counts.size(); ++t) {
-    const int64_t hi = std::min(counts[t], r1);
-    if (hi <= r0) break;  // counts never grow: no later step has rows here
-    const int64_t n = hi - r0;
+    const int64_t n = counts[t];
+    if (n == 0) break;  // counts never grow: no later step has rows
     const int64_t o = offsets[t];
     // The step's input part, row by row into the gate buffer (plain copies: no ATen
     // operator that could start threads of its own), then the recurrent product added
     // in place.
-    const int64_t first = constant ? r0 : o + r0;
+    const int64_t first = constant ? 0 : o;
     for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(gp + (o + r0 + r) * G4 + 4 * off, xp + (first + r) * x_stride,
-                  sizeof(T) * 4 * h);
+      std::memcpy(gp + (o + r) * G4 + 4 * off, xp + (first + r) * x_stride, sizeof(T) * 4 * h);
     }
     if (t > 0) {
-      Tensor g_view = g_cols.narrow(0, o + r0, n);
-      at::addmm_out(g_view, g_view, h_cols.narrow(0, offsets[t - 1] + r0, n), u);
+      Tensor g_view = g_cols.narrow(0, o, n);
+      at::addmm_out(g_view, g_view, h_cols.narrow(0, offsets[t - 1], n), u);
     }
     const int64_t p = t == 0 ? -1 : offsets[t - 1];
-    for (int64_t r = r0; r < hi; ++r) {
+    for (int64_t r = 0; r < n; ++r) {
       const int64_t row = o + r;
       const T* c0 = p < 0 ? zeros.data() : cp + (p + r) * H + off;
       T* g = gp + row * G4 + 4 * off;
@@ -263,15 +249,15 @@ void lstm_forward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, const
 template <typename T>
 void lstm_forward_typed(const std::vector<Tensor>& parts, const std::vector<Tensor>& u,
                         const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
-                        const c10::optional<Tensor>& active, bool constant, bool parallel,
+                        const c10::optional<Tensor>& active, bool constant,
                         const Tensor& h_out, const Tensor& c_out, const Tensor& tanh_out,
                         const Tensor& gates_out) {
   const Layout l = layout_of(u);
   const T* a = active.has_value() ? active->data_ptr<T>() : nullptr;
-  for_shares(shares_of(l.size, counts, threads_for(parallel)), [&](const Share& share) {
-    for (int64_t m : share.cells) {
-      lstm_forward_cell<T>(m, share.r0, share.r1, l, parts[m], u[m], counts, offsets, a,
-                           constant, h_out, c_out, tanh_out, gates_out);
+  for_shares(groups_of(l.size, at::get_num_threads()), [&](const std::vector<int64_t>& cells) {
+    for (int64_t m : cells) {
+      lstm_forward_cell<T>(m, l, parts[m], u[m], counts, offsets, a, constant, h_out, c_out,
+                           tanh_out, gates_out);
     }
   });
 }
@@ -287,7 +273,7 @@ void check_rows(const Tensor& t, const char* name, int64_t cols) {
 // h_out, c_out, tanh_out (N, H) and the post-activation gates (N, 4 H), cell-major.
 void lstm_forward(const std::vector<Tensor>& parts, const std::vector<Tensor>& u,
                   const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
-                  const c10::optional<Tensor>& active, bool constant, bool parallel,
+                  const c10::optional<Tensor>& active, bool constant,
                   const Tensor& h_out, const Tensor& c_out, const Tensor& tanh_out,
                   const Tensor& gates_out) {
   TORCH_CHECK(parts.size() == u.size() && !u.empty(), "mfm_scan: one input part per cell");
@@ -303,10 +289,12 @@ void lstm_forward(const std::vector<Tensor>& parts, const std::vector<Tensor>& u
                 "mfm_scan: recurrent block must be a contiguous (h, 4 h) tensor");
     TORCH_CHECK(parts[m].dim() == 2 && parts[m].size(1) == 4 * u[m].size(0),
                 "mfm_scan: input part of the wrong width");
+    TORCH_CHECK(parts[m].stride(1) == 1, "mfm_scan: input part must have stride 1 along "
+                "its columns");
   }
   AT_DISPATCH_FLOATING_TYPES(h_out.scalar_type(), "mfm_scan.lstm_forward", [&] {
-    lstm_forward_typed<scalar_t>(parts, u, counts, offsets, active, constant, parallel, h_out,
-                                 c_out, tanh_out, gates_out);
+    lstm_forward_typed<scalar_t>(parts, u, counts, offsets, active, constant, h_out, c_out,
+                                 tanh_out, gates_out);
   });
 }
 
@@ -340,7 +328,7 @@ void lstm_backward_row(const T* __restrict g, const T* __restrict tc, const T* _
 }
 
 template <typename T>
-void lstm_backward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, const Tensor& u_t,
+void lstm_backward_cell(int64_t m, const Layout& l, const Tensor& u_t,
                         const std::vector<int64_t>& counts, const std::vector<int64_t>& offsets,
                         const T* active, const T* grad_h, const T* grad_c, const T* gates,
                         const T* c_all, const T* tanh_all, const Tensor& d_cells,
@@ -355,12 +343,11 @@ void lstm_backward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, cons
   const Tensor dg_cols = d_cells.narrow(1, 4 * off, 4 * h);
   const bool carry = active != nullptr;
   for (int64_t t = static_cast<int64_t>(counts.size()) - 1; t >= 0; --t) {
-    const int64_t hi = std::min(counts[t], r1);
-    if (hi <= r0) continue;
-    const int64_t n = hi - r0;
+    const int64_t n = counts[t];
+    if (n == 0) continue;
     const int64_t o = offsets[t];
     const int64_t p = t == 0 ? -1 : offsets[t - 1];
-    for (int64_t r = r0; r < hi; ++r) {
+    for (int64_t r = 0; r < n; ++r) {
       const int64_t row = o + r;
       lstm_backward_row<T>(gates + row * G4 + 4 * off, tanh_all + row * H + off,
                            p < 0 ? zeros.data() : c_all + (p + r) * H + off,
@@ -369,8 +356,8 @@ void lstm_backward_cell(int64_t m, int64_t r0, int64_t r1, const Layout& l, cons
                            grad_c == nullptr ? zeros.data() : grad_c + row * H + off,
                            dgp + row * G4 + 4 * off, dhp + r * H + off, dcp + r * H + off, h);
     }
-    Tensor dh_view = dh_cols.narrow(0, r0, n);
-    const Tensor dg_view = dg_cols.narrow(0, o + r0, n);
+    Tensor dh_view = dh_cols.narrow(0, 0, n);
+    const Tensor dg_view = dg_cols.narrow(0, o, n);
     if (carry) {
       at::addmm_out(dh_view, dh_view, dg_view, u_t);
     } else {
@@ -386,7 +373,7 @@ void lstm_backward(const std::vector<Tensor>& u, const std::vector<int64_t>& cou
                    const std::vector<int64_t>& offsets, const c10::optional<Tensor>& active,
                    const c10::optional<Tensor>& grad_h, const c10::optional<Tensor>& grad_c,
                    const Tensor& gates, const Tensor& c_out, const Tensor& tanh_out,
-                   bool parallel, const Tensor& d_cells, const Tensor& dh, const Tensor& dc) {
+                   const Tensor& d_cells, const Tensor& dh, const Tensor& dc) {
   TORCH_CHECK(counts.size() + 1 == offsets.size(), "mfm_scan: offsets must have S + 1 entries");
   const Layout l = layout_of(u);
   check_rows(gates, "gates", 4 * l.total);
@@ -405,11 +392,11 @@ void lstm_backward(const std::vector<Tensor>& u, const std::vector<int64_t>& cou
     const T* a = active.has_value() ? active->data_ptr<T>() : nullptr;
     const T* gh = grad_h.has_value() ? grad_h->data_ptr<T>() : nullptr;
     const T* gc = grad_c.has_value() ? grad_c->data_ptr<T>() : nullptr;
-    for_shares(shares_of(l.size, counts, threads_for(parallel)), [&](const Share& share) {
-      for (int64_t m : share.cells) {
-        lstm_backward_cell<T>(m, share.r0, share.r1, l, u_t[m], counts, offsets, a, gh, gc,
-                              gates.data_ptr<T>(), c_out.data_ptr<T>(),
-                              tanh_out.data_ptr<T>(), d_cells, dh, dc);
+    for_shares(groups_of(l.size, at::get_num_threads()),
+               [&](const std::vector<int64_t>& cells) {
+      for (int64_t m : cells) {
+        lstm_backward_cell<T>(m, l, u_t[m], counts, offsets, a, gh, gc, gates.data_ptr<T>(),
+                              c_out.data_ptr<T>(), tanh_out.data_ptr<T>(), d_cells, dh, dc);
       }
     });
   });
@@ -442,47 +429,48 @@ void memory_forward(const Tensor& pre, const Tensor& candidate, const Tensor& w_
     T* hid = hidden_out.data_ptr<T>();
     T* sg = sig_out.data_ptr<T>();
     const T* cand = candidate.data_ptr<T>();
-    for_shares(row_shares(counts, at::get_num_threads()), [&](const Share& share) {
-    for (size_t t = 0; t < counts.size(); ++t) {
-      const int64_t hi = std::min(counts[t], share.r1);
-      if (hi <= share.r0) break;
-      const int64_t n = hi - share.r0;
-      const int64_t o = offsets[t] + share.r0;  // the share's first row at step t
-      const int64_t p = t == 0 ? -1 : offsets[t - 1] + share.r0;
-      Tensor hidden = hidden_out.narrow(0, o, n);
-      if (t == 0) {
-        hidden.copy_(pre.narrow(0, o, n));
-      } else {
-        at::addmm_out(hidden, pre.narrow(0, o, n), u_out.narrow(0, p, n), w_u_t);
-      }
-      for (int64_t r = 0; r < n; ++r) {
-        T* __restrict x = hid + (o + r) * G2;
-        const T* __restrict k = kp == nullptr ? nullptr : kp + (o + r) * G2;
-        for (int64_t j = 0; j < G2; ++j) {
-          const T v = x[j] > T(0) ? x[j] : T(0);
-          x[j] = k == nullptr ? v : v * k[j];
+    for_shares(row_ranges(counts, at::get_num_threads()), [&](const Rows& rows) {
+      const auto [r0, r1] = rows;
+      for (size_t t = 0; t < counts.size(); ++t) {
+        const int64_t hi = std::min(counts[t], r1);
+        if (hi <= r0) break;
+        const int64_t n = hi - r0;
+        const int64_t o = offsets[t] + r0;  // the range's first row at step t
+        const int64_t p = t == 0 ? -1 : offsets[t - 1] + r0;
+        Tensor hidden = hidden_out.narrow(0, o, n);
+        if (t == 0) {
+          hidden.copy_(pre.narrow(0, o, n));
+        } else {
+          at::addmm_out(hidden, pre.narrow(0, o, n), u_out.narrow(0, p, n), w_u_t);
+        }
+        for (int64_t r = 0; r < n; ++r) {
+          T* __restrict x = hid + (o + r) * G2;
+          const T* __restrict k = kp == nullptr ? nullptr : kp + (o + r) * G2;
+          for (int64_t j = 0; j < G2; ++j) {
+            const T v = x[j] > T(0) ? x[j] : T(0);
+            x[j] = k == nullptr ? v : v * k[j];
+          }
+        }
+        Tensor s1 = sig_out.narrow(0, o, n).narrow(1, 0, mem);
+        Tensor s2 = sig_out.narrow(0, o, n).narrow(1, mem, mem);
+        at::addmm_out(s1, b1, hidden.narrow(1, 0, G), w1_t);
+        at::addmm_out(s2, b2, hidden.narrow(1, G, G), w2_t);
+        for (int64_t r = 0; r < n; ++r) {
+          T* __restrict s = sg + (o + r) * 2 * mem;
+          const T* __restrict c = cand + (o + r) * mem;
+          const T* __restrict u0 = p < 0 ? nullptr : up + (p + r) * mem;
+          T* __restrict u = up + (o + r) * mem;
+          const bool on = any == nullptr || any[o + r] != T(0);
+          for (int64_t j = 0; j < mem; ++j) {
+            const T g1 = sigmoid_of(s[j]);
+            const T g2 = sigmoid_of(s[mem + j]);
+            s[j] = g1;
+            s[mem + j] = g2;
+            const T prev = u0 == nullptr ? T(0) : u0[j];
+            u[j] = on ? g1 * prev + g2 * c[j] : prev;
+          }
         }
       }
-      Tensor s1 = sig_out.narrow(0, o, n).narrow(1, 0, mem);
-      Tensor s2 = sig_out.narrow(0, o, n).narrow(1, mem, mem);
-      at::addmm_out(s1, b1, hidden.narrow(1, 0, G), w1_t);
-      at::addmm_out(s2, b2, hidden.narrow(1, G, G), w2_t);
-      for (int64_t r = 0; r < n; ++r) {
-        T* __restrict s = sg + (o + r) * 2 * mem;
-        const T* __restrict c = cand + (o + r) * mem;
-        const T* __restrict u0 = p < 0 ? nullptr : up + (p + r) * mem;
-        T* __restrict u = up + (o + r) * mem;
-        const bool on = any == nullptr || any[o + r] != T(0);
-        for (int64_t j = 0; j < mem; ++j) {
-          const T g1 = sigmoid_of(s[j]);
-          const T g2 = sigmoid_of(s[mem + j]);
-          s[j] = g1;
-          s[mem + j] = g2;
-          const T prev = u0 == nullptr ? T(0) : u0[j];
-          u[j] = on ? g1 * prev + g2 * c[j] : prev;
-        }
-      }
-    }
     });
   });
 }
@@ -519,53 +507,54 @@ void memory_backward(const Tensor& grad_last, const Tensor& u_out, const Tensor&
     T* ds = d_sig.data_ptr<T>();
     T* dp = d_pre.data_ptr<T>();
     T* dup = du.data_ptr<T>();
-    for_shares(row_shares(counts, at::get_num_threads()), [&](const Share& share) {
-    for (int64_t t = static_cast<int64_t>(counts.size()) - 1; t >= 0; --t) {
-      const int64_t hi = std::min(counts[t], share.r1);
-      if (hi <= share.r0) continue;
-      const int64_t n = hi - share.r0;
-      const int64_t o = offsets[t] + share.r0;  // the share's first row at step t
-      const int64_t p = t == 0 ? -1 : offsets[t - 1] + share.r0;
-      for (int64_t r = 0; r < n; ++r) {
-        const int64_t row = o + r;
-        const T* __restrict s = sg + row * 2 * mem;
-        const T* __restrict c = cand + row * mem;
-        const T* __restrict u0 = p < 0 ? nullptr : up + (p + r) * mem;
-        const T* __restrict g = gl + row * mem;
-        T* __restrict d = dn + row * mem;
-        T* __restrict dy = ds + row * 2 * mem;
-        T* __restrict dur = dup + (share.r0 + r) * mem;
-        const T on = any == nullptr ? T(1) : any[row];
-        for (int64_t j = 0; j < mem; ++j) {
-          const T dut = dur[j] + g[j];
-          const T dnew = dut * on;
-          d[j] = dnew;
-          const T g1 = s[j], g2 = s[mem + j];
-          const T prev = u0 == nullptr ? T(0) : u0[j];
-          dy[j] = dnew * (prev * (g1 - g1 * g1));
-          dy[mem + j] = dnew * (c[j] * (g2 - g2 * g2));
-          dur[j] = dnew * g1 + (dut - dnew);  // the product with w_u is added below
+    for_shares(row_ranges(counts, at::get_num_threads()), [&](const Rows& rows) {
+      const auto [r0, r1] = rows;
+      for (int64_t t = static_cast<int64_t>(counts.size()) - 1; t >= 0; --t) {
+        const int64_t hi = std::min(counts[t], r1);
+        if (hi <= r0) continue;
+        const int64_t n = hi - r0;
+        const int64_t o = offsets[t] + r0;  // the range's first row at step t
+        const int64_t p = t == 0 ? -1 : offsets[t - 1] + r0;
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t row = o + r;
+          const T* __restrict s = sg + row * 2 * mem;
+          const T* __restrict c = cand + row * mem;
+          const T* __restrict u0 = p < 0 ? nullptr : up + (p + r) * mem;
+          const T* __restrict g = gl + row * mem;
+          T* __restrict d = dn + row * mem;
+          T* __restrict dy = ds + row * 2 * mem;
+          T* __restrict dur = dup + (r0 + r) * mem;
+          const T on = any == nullptr ? T(1) : any[row];
+          for (int64_t j = 0; j < mem; ++j) {
+            const T dut = dur[j] + g[j];
+            const T dnew = dut * on;
+            d[j] = dnew;
+            const T g1 = s[j], g2 = s[mem + j];
+            const T prev = u0 == nullptr ? T(0) : u0[j];
+            dy[j] = dnew * (prev * (g1 - g1 * g1));
+            dy[mem + j] = dnew * (c[j] * (g2 - g2 * g2));
+            dur[j] = dnew * g1 + (dut - dnew);  // the product with w_u is added below
+          }
         }
-      }
-      Tensor dpre = d_pre.narrow(0, o, n);
-      const Tensor dsig = d_sig.narrow(0, o, n);
-      Tensor d1 = dpre.narrow(1, 0, G);
-      Tensor d2 = dpre.narrow(1, G, G);
-      at::mm_out(d1, dsig.narrow(1, 0, mem), w1);
-      at::mm_out(d2, dsig.narrow(1, mem, mem), w2);
-      for (int64_t r = 0; r < n; ++r) {
-        const int64_t row = o + r;
-        const T* __restrict x = hid + row * G2;
-        const T* __restrict k = kp == nullptr ? nullptr : kp + row * G2;
-        T* __restrict y = dp + row * G2;
-        for (int64_t j = 0; j < G2; ++j) {
-          const T gate = x[j] > T(0) ? (k == nullptr ? T(1) : k[j]) : T(0);
-          y[j] = y[j] * gate;
+        Tensor dpre = d_pre.narrow(0, o, n);
+        const Tensor dsig = d_sig.narrow(0, o, n);
+        Tensor d1 = dpre.narrow(1, 0, G);
+        Tensor d2 = dpre.narrow(1, G, G);
+        at::mm_out(d1, dsig.narrow(1, 0, mem), w1);
+        at::mm_out(d2, dsig.narrow(1, mem, mem), w2);
+        for (int64_t r = 0; r < n; ++r) {
+          const int64_t row = o + r;
+          const T* __restrict x = hid + row * G2;
+          const T* __restrict k = kp == nullptr ? nullptr : kp + row * G2;
+          T* __restrict y = dp + row * G2;
+          for (int64_t j = 0; j < G2; ++j) {
+            const T gate = x[j] > T(0) ? (k == nullptr ? T(1) : k[j]) : T(0);
+            y[j] = y[j] * gate;
+          }
         }
+        Tensor du_view = du.narrow(0, r0, n);
+        at::addmm_out(du_view, du_view, dpre, w_u);
       }
-      Tensor du_view = du.narrow(0, share.r0, n);
-      at::addmm_out(du_view, du_view, dpre, w_u);
-    }
     });
   });
 }
@@ -574,11 +563,11 @@ void memory_backward(const Tensor& grad_last, const Tensor& u_out, const Tensor&
 
 TORCH_LIBRARY(mfm_scan, m) {
   m.def("lstm_forward(Tensor[] parts, Tensor[] u, int[] counts, int[] offsets, Tensor? active, "
-        "bool constant, bool parallel, Tensor(a!) h_out, Tensor(b!) c_out, "
+        "bool constant, Tensor(a!) h_out, Tensor(b!) c_out, "
         "Tensor(c!) tanh_out, Tensor(d!) gates_out) -> ()");
   m.def("lstm_backward(Tensor[] u, int[] counts, int[] offsets, Tensor? active, "
         "Tensor? grad_h, Tensor? grad_c, Tensor gates, Tensor c_out, Tensor tanh_out, "
-        "bool parallel, Tensor(a!) d_cells, Tensor(b!) dh, Tensor(c!) dc) -> ()");
+        "Tensor(a!) d_cells, Tensor(b!) dh, Tensor(c!) dc) -> ()");
   m.def("memory_forward(Tensor pre, Tensor candidate, Tensor w_u_t, Tensor w1_t, Tensor b1, "
         "Tensor w2_t, Tensor b2, int[] counts, int[] offsets, Tensor? any_active, "
         "Tensor? keep, Tensor(a!) u_out, Tensor(b!) hidden_out, Tensor(c!) sig_out) -> ()");
